@@ -1,0 +1,40 @@
+"""Event sources: each turns something (Flux, a simulator, a file) into JobEvents.
+
+A source is given a :class:`Downstream` and a stop flag, and pushes to it until the
+flag is set or its input ends. Sources own their threads' blocking; the downstream
+is thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from fluxmon.events import JobEvent
+
+
+class Downstream(Protocol):
+    """Where a source delivers events and tells of its connection."""
+
+    def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
+        """Apply events in order; ``live=False`` for history being replayed on connect."""
+
+    def connected(self, detail: str) -> None:
+        """The source is connected (``detail`` says to what, and in which mode)."""
+
+    def disconnected(self, error: str) -> None:
+        """The source lost its input; ``error`` says why."""
+
+    def caught_up(self) -> None:
+        """History is replayed; everything from now on is live."""
+
+    def reject_input(self, reason: str, detail: str) -> None:
+        """Input that never became an event (a bad line, a bad payload) was refused."""
+
+
+class Source(Protocol):
+    """Something that produces JobEvents."""
+
+    def run(self, downstream: Downstream, stop: threading.Event) -> None:
+        """Deliver events to ``downstream`` until ``stop`` is set or the input ends."""

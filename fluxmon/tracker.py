@@ -1,0 +1,621 @@
+"""The pure RFC 21 job state machine.
+
+The tracker is fed :class:`~fluxmon.events.JobEvent` values, keeps one :class:`Job`
+per active job, and tells its sinks what happened: states left (with the time spent
+in them), waits and phases measured, exceptions raised, jobs finished, and events
+rejected. It does no I/O and never reads a clock: every duration comes from the
+events' own timestamps.
+
+State transitions follow flux-core's ``job-list`` module (``job_state.c``), which is
+what ``flux jobs`` reports, so the records fluxmon writes agree with ``flux jobs``:
+
+* ``validate`` → DEPEND, ``depend`` → PRIORITY, ``alloc`` → RUN, ``finish`` → CLEANUP,
+  a severity-0 ``exception`` → CLEANUP, ``clean`` → INACTIVE. Each of these states is
+  entered at most once; a repeat is accepted and changes nothing.
+* ``priority`` moves PRIORITY → SCHED only; in SCHED it is a re-prioritisation.
+* ``urgency``, ``jobspec-update`` and ``flux-restart`` move SCHED → PRIORITY only.
+* A job succeeded when ``finish`` had status 0 and no fatal exception came before it;
+  otherwise its result is the type of its most severe (first) exception, or failed.
+
+On top of that the tracker refuses input Flux never produces: an event for a job it
+does not know, a main-eventlog event older than the job's newest, a duplicate, an
+event that would move a job back to an earlier state, or a context of the wrong shape.
+Each refusal reaches the sinks as ``event_rejected`` with a reason; nothing raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+from fluxmon.events import (
+    DEFAULT_QUEUE,
+    EXEC,
+    MAIN,
+    RANK,
+    STATES,
+    JobEvent,
+    JobState,
+    Result,
+    f58,
+)
+
+#: Reasons an event is refused; each is a ``fluxmon_event_errors_total`` label value.
+REJECT_REASONS: Final = (
+    "malformed",
+    "unknown_job",
+    "duplicate",
+    "out_of_order",
+    "invalid_transition",
+    "negative_duration",
+)
+
+# Events that move a job forward to a fixed state (flux-core job-list "advance").
+_ADVANCE: Final[Mapping[str, JobState]] = {
+    "validate": "DEPEND",
+    "depend": "PRIORITY",
+    "alloc": "RUN",
+    "finish": "CLEANUP",
+    "clean": "INACTIVE",
+}
+# Events that move SCHED back to PRIORITY (flux-core job-list "revert").
+_REVERT: Final = frozenset({"urgency", "jobspec-update", "flux-restart"})
+# Journal-only events: never written to a job's eventlog, so not job events at all.
+_JOURNAL_ONLY: Final = frozenset({"annotations"})
+_PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
+    "prolog-start": ("prolog", True),
+    "prolog-finish": ("prolog", False),
+    "epilog-start": ("epilog", True),
+    "epilog-finish": ("epilog", False),
+}
+_NEW_RANK: Final = RANK["NEW"]
+
+
+class Job:
+    """What the tracker knows about one active job; sinks read it, never write it."""
+
+    __slots__ = (
+        "_f58",
+        "duration_limit",
+        "entered",
+        "exc_note",
+        "exc_severity",
+        "exc_type",
+        "jobid",
+        "last_main_ts",
+        "nnodes",
+        "ntasks",
+        "perilog_starts",
+        "queue",
+        "result",
+        "returncode",
+        "seen",
+        "state",
+        "status",
+        "success",
+        "t_alloc",
+        "t_cleanup",
+        "t_depend",
+        "t_inactive",
+        "t_priority",
+        "t_run",
+        "t_sched",
+        "t_start",
+        "t_submit",
+        "time_in",
+        "urgency",
+        "userid",
+        "visited",
+    )
+
+    def __init__(self, jobid: int, timestamp: float) -> None:
+        self.jobid = jobid
+        self._f58: str | None = None
+        self.userid: int | None = None
+        self.urgency: int | None = None
+        self.queue: str = DEFAULT_QUEUE
+        self.duration_limit: float = 0.0
+        self.ntasks: int | None = None
+        self.nnodes: int | None = None
+        self.state: JobState = "NEW"
+        self.entered: float = timestamp
+        self.visited: set[JobState] = {"NEW"}
+        self.time_in: dict[JobState, float] = dict.fromkeys(STATES[:-1], 0.0)
+        self.t_submit: float = timestamp
+        self.t_depend: float | None = None
+        self.t_priority: float | None = None
+        self.t_sched: float | None = None
+        self.t_alloc: float | None = None
+        self.t_run: float | None = None
+        self.t_start: float | None = None
+        self.t_cleanup: float | None = None
+        self.t_inactive: float | None = None
+        self.status: int | None = None
+        self.success = False
+        self.exc_severity: int | None = None
+        self.exc_type: str | None = None
+        self.exc_note: str | None = None
+        self.result: Result | None = None
+        self.returncode: int | None = None
+        self.last_main_ts: float = timestamp
+        self.seen: set[tuple[str, str, float]] = set()
+        self.perilog_starts: dict[str, list[float]] = {}
+
+    @property
+    def f58(self) -> str:
+        """The jobid in plain-ASCII f58 (``f2ZMTeo5R``), computed once."""
+        if self._f58 is None:
+            self._f58 = f58(self.jobid)
+        return self._f58
+
+    @property
+    def ran(self) -> bool:
+        """True once the job was allocated resources (``alloc`` seen)."""
+        return self.t_run is not None
+
+    @property
+    def runtime(self) -> float | None:
+        """``t_cleanup - t_run`` as ``flux jobs`` computes it, once both are known."""
+        if self.t_run is None or self.t_cleanup is None:
+            return None
+        return self.t_cleanup - self.t_run
+
+    @property
+    def queue_wait(self) -> float | None:
+        """Submit to alloc, once the job was allocated."""
+        if self.t_alloc is None:
+            return None
+        return self.t_alloc - self.t_submit
+
+
+class Sink(Protocol):
+    """What the tracker tells: every method is called synchronously, in event order."""
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """An event was accepted and applied; ``job.state`` is the state after it."""
+
+    def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
+        """``job`` left ``state`` after ``seconds`` in it (one call per visit)."""
+
+    def queued(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """``job`` was allocated ``seconds`` after its submission."""
+
+    def launched(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """``job``'s shells started ``seconds`` after its allocation."""
+
+    def perilog(self, job: Job, phase: str, seconds: float, event: JobEvent) -> None:
+        """A prolog or epilog of ``job`` took ``seconds``."""
+
+    def exception(self, job: Job, etype: str, severity: int, event: JobEvent) -> None:
+        """An exception was raised on ``job``."""
+
+    def job_finished(self, job: Job) -> None:
+        """``job`` reached INACTIVE; its record is complete and it is about to be forgotten."""
+
+    def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
+        """An event was refused, for ``reason``; ``detail`` says what was wrong."""
+
+
+class NullSink:
+    """A sink that ignores everything; subclass it to handle only some calls."""
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """Ignore an applied event."""
+
+    def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
+        """Ignore a state visit."""
+
+    def queued(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """Ignore a queue wait."""
+
+    def launched(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """Ignore a launch latency."""
+
+    def perilog(self, job: Job, phase: str, seconds: float, event: JobEvent) -> None:
+        """Ignore a prolog or epilog duration."""
+
+    def exception(self, job: Job, etype: str, severity: int, event: JobEvent) -> None:
+        """Ignore an exception."""
+
+    def job_finished(self, job: Job) -> None:
+        """Ignore a finished job."""
+
+    def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
+        """Ignore a rejection."""
+
+
+def returncode_of(status: int | None, result: Result | None) -> int | None:
+    """The job's return code exactly as ``flux jobs`` computes it from the finish status.
+
+    Shell exit code, or minus the signal number when the shell was signalled; with
+    no status, -128 for a canceled job and 1 for a failed one; otherwise unknown.
+    """
+    if status is None:
+        if result == "canceled":
+            return -128
+        if result == "failed":
+            return 1
+        return None
+    if status & 0x7F == 0:  # WIFEXITED
+        return (status >> 8) & 0xFF
+    if status & 0x7F != 0x7F:  # WIFSIGNALED (0x7f is WIFSTOPPED)
+        return -(status & 0x7F)
+    return None
+
+
+def _queue_of(jobspec: Mapping[str, Any]) -> str:
+    system = _system_attributes(jobspec)
+    queue = system.get("queue")
+    return queue if isinstance(queue, str) and queue else DEFAULT_QUEUE
+
+
+def _system_attributes(jobspec: Mapping[str, Any]) -> Mapping[str, Any]:
+    attributes = jobspec.get("attributes")
+    if isinstance(attributes, Mapping):
+        system = attributes.get("system")
+        if isinstance(system, Mapping):
+            return system
+    return {}
+
+
+def _duration_of(jobspec: Mapping[str, Any]) -> float:
+    value = _system_attributes(jobspec).get("duration")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return max(float(value), 0.0)
+    return 0.0
+
+
+def _count(value: object) -> int | None:
+    """A jobspec ``count``: an int, or ``{"min": n, ...}`` (RFC 14); else unknown."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        low = value.get("min")
+        if isinstance(low, int) and not isinstance(low, bool):
+            return low
+    return None
+
+
+def _slots_and_nodes(resources: object, multiplier: int = 1) -> tuple[int, int | None]:
+    """Count task slots and nodes in an RFC 14 resource list (nodes None when unnamed)."""
+    slots = 0
+    nodes: int | None = None
+    if not isinstance(resources, list):
+        return 0, None
+    for vertex in resources:
+        if not isinstance(vertex, Mapping):
+            continue
+        count = _count(vertex.get("count"))
+        if count is None:
+            continue
+        if vertex.get("type") == "slot":
+            slots += multiplier * count
+        else:
+            inner_slots, inner_nodes = _slots_and_nodes(vertex.get("with"), multiplier * count)
+            slots += inner_slots
+            if vertex.get("type") == "node":
+                nodes = (nodes or 0) + multiplier * count
+            elif inner_nodes is not None:
+                nodes = (nodes or 0) + inner_nodes
+    return slots, nodes
+
+
+def _tasks_and_nodes(jobspec: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``ntasks`` and ``nnodes`` as the jobspec states them (None where it does not)."""
+    slots, nodes = _slots_and_nodes(jobspec.get("resources"))
+    tasks = jobspec.get("tasks")
+    ntasks: int | None = None
+    if isinstance(tasks, list) and tasks and isinstance(tasks[0], Mapping):
+        count = tasks[0].get("count")
+        if isinstance(count, Mapping):
+            total = count.get("total")
+            per_slot = count.get("per_slot")
+            if isinstance(total, int) and not isinstance(total, bool):
+                ntasks = total
+            elif isinstance(per_slot, int) and not isinstance(per_slot, bool) and slots:
+                ntasks = per_slot * slots
+    return ntasks, nodes
+
+
+def _idset_size(text: str) -> int | None:
+    """Size of an RFC 22 idset such as ``0-3,7``; None if it does not parse."""
+    total = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            return None
+        total += (int(high) - int(low) + 1) if high else 1
+    return total
+
+
+def _nodes_of_R(R: Mapping[str, Any]) -> int | None:
+    """Number of broker ranks in an R (RFC 20) ``R_lite``; None if it cannot be read."""
+    execution = R.get("execution")
+    if not isinstance(execution, Mapping):
+        return None
+    r_lite = execution.get("R_lite")
+    if not isinstance(r_lite, list):
+        return None
+    total = 0
+    for entry in r_lite:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("rank"), str):
+            return None
+        size = _idset_size(entry["rank"])
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Tracker:
+    """Applies RFC 21 to a stream of events and tells its sinks what happened."""
+
+    def __init__(self, sinks: Sequence[Sink] = ()) -> None:
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self.jobs: dict[int, Job] = {}
+        #: Refusals so far by reason (the sinks see each one; this is for summaries).
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+
+    # -- entry points ---------------------------------------------------------------
+
+    def apply(self, event: JobEvent, live: bool = True) -> bool:
+        """Apply one event; return True if it was accepted.
+
+        With ``live=False`` (history replayed on connect) the job's state is rebuilt
+        but nothing is reported except refusals, so history is not counted twice.
+        """
+        try:
+            name = event.name
+            jobid = event.jobid
+            ts = event.timestamp
+            context = event.context
+            if (
+                type(name) is not str
+                or type(jobid) is not int
+                or type(ts) not in (float, int)
+                or not math.isfinite(ts)
+                or not isinstance(context, Mapping)
+                or event.eventlog not in (MAIN, EXEC)
+            ):
+                return self._reject("malformed", "event fields have the wrong types", event)
+            if name in _JOURNAL_ONLY:
+                return True
+            job = self.jobs.get(jobid)
+            if job is None:
+                if name == "submit" and event.eventlog == MAIN:
+                    return self._submit(event, live)
+                return self._reject("unknown_job", f"{name} for a job with no submit", event)
+            key = (event.eventlog, name, ts)
+            if key in job.seen:
+                return self._reject("duplicate", f"{name} at {ts} already applied", event)
+            if event.eventlog == MAIN:
+                if ts < job.last_main_ts:
+                    return self._reject(
+                        "out_of_order",
+                        f"{name} at {ts} is older than the job's last event at "
+                        f"{job.last_main_ts}",
+                        event,
+                    )
+                accepted = self._main(job, event, live)
+            else:
+                accepted = True
+            if not accepted:
+                return False
+            job.seen.add(key)
+            if event.eventlog == MAIN:
+                job.last_main_ts = ts
+            if live:
+                for sink in self.sinks:
+                    sink.job_event(job, event)
+            if job.state == "INACTIVE":
+                del self.jobs[jobid]
+                if live:
+                    for sink in self.sinks:
+                        sink.job_finished(job)
+            elif name == "invalidate":
+                del self.jobs[jobid]
+            return True
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
+            # Every shape check above should make this unreachable; it is the last
+            # line that keeps one hostile event from stopping the daemon.
+            return self._reject("malformed", f"{type(err).__name__}: {err}", event)
+
+    def forget(self, jobid: int) -> Job | None:
+        """Drop a job without finishing it (purged, or gone while fluxmon was away)."""
+        return self.jobs.pop(jobid, None)
+
+    def snapshot(self) -> dict[tuple[str, JobState], tuple[int, float]]:
+        """Jobs now in each (queue, state), with the earliest state-entry timestamp."""
+        out: dict[tuple[str, JobState], tuple[int, float]] = {}
+        for job in self.jobs.values():
+            key = (job.queue, job.state)
+            found = out.get(key)
+            if found is None:
+                out[key] = (1, job.entered)
+            else:
+                out[key] = (found[0] + 1, min(found[1], job.entered))
+        return out
+
+    def report_rejection(self, reason: str, detail: str, event: JobEvent | None = None) -> None:
+        """Count and report input refused before it became an event (e.g. a bad line)."""
+        self._reject(reason, detail, event)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _reject(self, reason: str, detail: str, event: JobEvent | None) -> bool:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        for sink in self.sinks:
+            sink.event_rejected(reason, detail, event)
+        return False
+
+    def _submit(self, event: JobEvent, live: bool) -> bool:
+        context = event.context
+        job = Job(event.jobid, event.timestamp)
+        userid = context.get("userid")
+        urgency = context.get("urgency")
+        job.userid = userid if _is_int(userid) else None
+        job.urgency = urgency if _is_int(urgency) else None
+        if event.jobspec is not None:
+            if not isinstance(event.jobspec, Mapping):
+                return self._reject("malformed", "jobspec is not an object", event)
+            job.queue = _queue_of(event.jobspec)
+            job.duration_limit = _duration_of(event.jobspec)
+            job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
+        job.seen.add((MAIN, "submit", event.timestamp))
+        self.jobs[event.jobid] = job
+        if live:
+            for sink in self.sinks:
+                sink.job_event(job, event)
+        return True
+
+    def _move(self, job: Job, new: JobState, event: JobEvent, live: bool) -> None:
+        """Leave the current state for ``new`` at the event's time."""
+        ts = event.timestamp
+        old = job.state
+        seconds = ts - job.entered
+        job.time_in[old] += seconds
+        job.state = new
+        job.entered = ts
+        job.visited.add(new)
+        if new == "DEPEND":
+            job.t_depend = ts
+        elif new == "PRIORITY":
+            job.t_priority = ts
+        elif new == "SCHED":
+            job.t_sched = ts
+        elif new == "RUN":
+            job.t_run = ts
+        elif new == "CLEANUP":
+            job.t_cleanup = ts
+        elif new == "INACTIVE":
+            job.t_inactive = ts
+            self._conclude(job)
+        if live and old != "NEW":
+            for sink in self.sinks:
+                sink.state_left(job, old, seconds, event)
+
+    def _advance(self, job: Job, new: JobState, event: JobEvent, live: bool) -> bool:
+        """Move forward to a once-only state; a repeat is a no-op, going back is refused."""
+        if new in job.visited:
+            return True
+        if RANK[new] < RANK[job.state]:
+            return self._reject(
+                "invalid_transition",
+                f"{event.name} would move the job from {job.state} back to {new}",
+                event,
+            )
+        self._move(job, new, event, live)
+        return True
+
+    def _conclude(self, job: Job) -> None:
+        """Result and return code at INACTIVE, as flux-core's job-list computes them."""
+        if job.success:
+            job.result = "completed"
+        elif job.exc_severity == 0 and job.exc_type == "cancel":
+            job.result = "canceled"
+        elif job.exc_severity == 0 and job.exc_type == "timeout":
+            job.result = "timeout"
+        else:
+            job.result = "failed"
+        job.returncode = returncode_of(job.status, job.result)
+
+    def _main(self, job: Job, event: JobEvent, live: bool) -> bool:
+        name = event.name
+        context = event.context
+        advance = _ADVANCE.get(name)
+        if advance is not None:
+            if name == "finish":
+                status = context.get("status")
+                if not _is_int(status):
+                    return self._reject("malformed", "finish has no integer status", event)
+                if "CLEANUP" in job.visited and job.status is not None:
+                    return self._reject("duplicate", "a second finish", event)
+                job.status = status
+                job.success = status == 0 and job.exc_severity != 0
+            elif name == "alloc":
+                if event.R is not None and isinstance(event.R, Mapping):
+                    nodes = _nodes_of_R(event.R)
+                    if nodes is not None:
+                        job.nnodes = nodes
+            if not self._advance(job, advance, event, live):
+                return False
+            if name == "alloc" and job.t_alloc is None:
+                job.t_alloc = event.timestamp
+                if live:
+                    wait = event.timestamp - job.t_submit
+                    for sink in self.sinks:
+                        sink.queued(job, wait, event)
+            return True
+        if name == "priority":
+            if job.state == "PRIORITY":
+                self._move(job, "SCHED", event, live)
+            return True
+        if name in _REVERT:
+            if name == "urgency":
+                urgency = context.get("urgency")
+                if _is_int(urgency):
+                    job.urgency = urgency
+            if job.state == "SCHED":
+                self._move(job, "PRIORITY", event, live)
+            return True
+        if name == "exception":
+            etype = context.get("type")
+            severity = context.get("severity")
+            note = context.get("note", "")
+            if not isinstance(etype, str) or not _is_int(severity) or not 0 <= severity <= 7:
+                return self._reject(
+                    "malformed", "exception needs a string type and a severity 0..7", event
+                )
+            if job.exc_severity is None or severity < job.exc_severity:
+                job.exc_severity = severity
+                job.exc_type = etype
+                job.exc_note = note if isinstance(note, str) else str(note)
+            if severity == 0 and "CLEANUP" not in job.visited:
+                if RANK[job.state] > RANK["CLEANUP"]:
+                    return self._reject("invalid_transition", "exception after clean", event)
+                self._move(job, "CLEANUP", event, live)
+            if live:
+                for sink in self.sinks:
+                    sink.exception(job, etype, severity, event)
+            return True
+        if name == "start":
+            if job.t_start is None and job.t_alloc is not None:
+                job.t_start = event.timestamp
+                if live:
+                    latency = event.timestamp - job.t_alloc
+                    for sink in self.sinks:
+                        sink.launched(job, latency, event)
+            return True
+        perilog = _PERILOG.get(name)
+        if perilog is not None:
+            phase, starting = perilog
+            starts = job.perilog_starts.setdefault(phase, [])
+            if starting:
+                starts.append(event.timestamp)
+            elif starts:
+                seconds = event.timestamp - starts.pop(0)
+                if seconds < 0:
+                    return self._reject("negative_duration", f"{name} before its start", event)
+                if live:
+                    for sink in self.sinks:
+                        sink.perilog(job, phase, seconds, event)
+            return True
+        if name == "submit":
+            return self._reject("duplicate", "a second submit for a known job", event)
+        # invalidate, memo, dependency-*, set-flags, resource-update, debug.* and
+        # site-defined names: recorded, no state change.
+        return True
+
+
+def apply_all(tracker: Tracker, events: Iterable[JobEvent], live: bool = True) -> int:
+    """Apply events in order; return how many were accepted."""
+    accepted = 0
+    apply = tracker.apply
+    for event in events:
+        accepted += apply(event, live)
+    return accepted
