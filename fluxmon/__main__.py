@@ -1,0 +1,7 @@
+"""``python -m fluxmon``."""
+
+import sys
+
+from fluxmon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""Wiring and lifecycle: the one place with threads, signals, the clock and sd_notify.
+
+:func:`build` assembles registry → metrics → tracker → pipeline from settings;
+:func:`serve` runs a source under the HTTP endpoint until SIGTERM/SIGINT;
+:func:`replay` feeds files through the same pipeline and prints the exposition.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from structlog.typing import FilteringBoundLogger
+
+from fluxmon import __version__
+from fluxmon.config import Settings
+from fluxmon.http import MetricsServer
+from fluxmon.logs import LogSink, make_logger
+from fluxmon.metrics import (
+    Buckets,
+    JobMetrics,
+    LabelCap,
+    MetricsSink,
+    SelfMetrics,
+    SnapshotCollector,
+)
+from fluxmon.pipeline import Pipeline
+from fluxmon.sdnotify import Notifier, watchdog_interval
+from fluxmon.sources import Source
+from fluxmon.sources.replay import ReplaySource
+from fluxmon.tracker import Tracker
+
+EX_OK: Final = 0
+EX_DATAERR: Final = 65
+EX_SOFTWARE: Final = 70
+EX_OSERR: Final = 71
+#: Seconds between STATUS= updates to systemd.
+STATUS_EVERY: Final = 5.0
+#: Seconds the source thread gets to stop before fluxmon exits anyway.
+STOP_TIMEOUT: Final = 10.0
+
+
+@dataclass
+class Parts:
+    """The assembled pipeline, before any thread or socket exists."""
+
+    registry: CollectorRegistry
+    tracker: Tracker
+    pipeline: Pipeline
+    self_metrics: SelfMetrics
+    log: FilteringBoundLogger
+
+
+def build(
+    settings: Settings, log_stream: IO[str], *, clock: Callable[[], float] | None
+) -> Parts:
+    """Assemble the pipeline from settings; ``clock`` measures event lag (None: off)."""
+    log = make_logger(log_stream, settings.log.format, settings.log.level)
+    registry = CollectorRegistry(auto_describe=False)
+    m = settings.metrics
+    job_metrics = JobMetrics(
+        registry,
+        Buckets(
+            wait=m.wait_buckets,
+            runtime=m.runtime_buckets,
+            short=m.short_buckets,
+            ratio=m.ratio_buckets,
+        ),
+    )
+    self_metrics = SelfMetrics(registry)
+    cap = LabelCap(m.label_cap, self_metrics.label_overflow)
+    metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
+    log_sink = LogSink(log, events=settings.log.events == "all")
+    tracker = Tracker([metrics_sink, log_sink])
+    pipeline = Pipeline(tracker, metrics_sink, self_metrics, log, clock=clock)
+    registry.register(SnapshotCollector(pipeline.snapshot))
+    return Parts(registry, tracker, pipeline, self_metrics, log)
+
+
+def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: IO[str]) -> int:
+    """Replay files through the pipeline; print the final exposition; 65 if input was refused."""
+    parts = build(settings, err, clock=None)
+    source = ReplaySource(paths)
+    parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
+    source.run(parts.pipeline, threading.Event())
+    out.write(generate_latest(parts.registry).decode())
+    out.flush()
+    refused = sum(parts.tracker.rejected.values())
+    parts.log.info(
+        "fluxmon.stop",
+        events=parts.pipeline.live_events,
+        refused=refused,
+        tracked_jobs=len(parts.tracker.jobs),
+    )
+    return EX_DATAERR if refused else EX_OK
+
+
+def serve(
+    settings: Settings,
+    source: Source,
+    *,
+    mode: str,
+    log_stream: IO[str],
+    environ: Mapping[str, str] = os.environ,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    on_listen: Callable[[tuple[str, int]], None] | None = None,
+) -> int:
+    """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``)."""
+    parts = build(settings, log_stream, clock=clock)
+    log, pipeline = parts.log, parts.pipeline
+    stop = stop or threading.Event()
+    http = settings.http
+    server = MetricsServer(
+        parts.registry,
+        pipeline,
+        listen=http.listen,
+        version=__version__,
+        tls_cert=http.tls_cert,
+        tls_key=http.tls_key,
+        tls_client_ca=http.tls_client_ca,
+        basic_auth=http.basic_auth,
+    )
+    try:
+        server.start()
+    except OSError as error:
+        log.error("fluxmon.listen_failed", listen=_hostport(http.listen), error=str(error))
+        return EX_OSERR
+    host, port = server.address
+    log.info(
+        "fluxmon.start",
+        version=__version__,
+        mode=mode,
+        listen=_hostport((host, port)),
+        config=str(settings.path) if settings.path else None,
+    )
+    if on_listen is not None:
+        on_listen((host, port))
+    notifier = Notifier.from_environ(environ)
+    interval = watchdog_interval(environ, os.getpid())
+    previous = _install_signals(stop)
+    crashed: list[BaseException] = []
+
+    def run_source() -> None:
+        try:
+            source.run(pipeline, stop)
+        except Exception as error:  # noqa: BLE001 - reported, then the daemon exits non-zero
+            crashed.append(error)
+            log.exception("source.failed", error=f"{type(error).__name__}: {error}")
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=run_source, name="fluxmon-source", daemon=True)
+    pipeline.source_thread = thread
+    thread.start()
+    tick = min(interval, 1.0) if interval else 1.0
+    sent_ready = False
+    last_status = 0.0
+    last_events = 0
+    try:
+        while not stop.wait(tick):
+            alive, _ = pipeline.liveness()
+            if alive and interval:
+                notifier.watchdog()
+            if pipeline.is_ready and not sent_ready:
+                sent_ready = notifier.ready(_status(pipeline, 0.0)) or True
+            now = time.monotonic()
+            if now - last_status >= STATUS_EVERY:
+                events = pipeline.live_events
+                rate = (events - last_events) / (now - last_status) if last_status else 0.0
+                notifier.status(_status(pipeline, rate))
+                last_status, last_events = now, events
+    finally:
+        notifier.stopping()
+        stop.set()
+        thread.join(STOP_TIMEOUT)
+        server.stop()
+        _restore_signals(previous)
+        log.info(
+            "fluxmon.stop",
+            events=pipeline.live_events,
+            tracked_jobs=len(parts.tracker.jobs),
+            error=f"{type(crashed[0]).__name__}: {crashed[0]}" if crashed else None,
+        )
+    return EX_SOFTWARE if crashed else EX_OK
+
+
+def _status(pipeline: Pipeline, rate: float) -> str:
+    state = "connected" if pipeline.is_connected else "disconnected"
+    if pipeline.is_connected and not pipeline.is_ready:
+        state = "connected, replaying history"
+    return f"{state}; {len(pipeline.tracker.jobs)} jobs tracked; {rate:.1f} events/s"
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_Handler = Callable[[int, FrameType | None], object] | int | None
+
+
+def _install_signals(stop: threading.Event) -> dict[int, _Handler]:
+    """SIGTERM and SIGINT set ``stop`` (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, _Handler] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+def _restore_signals(previous: Mapping[int, _Handler]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

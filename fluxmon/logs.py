@@ -1,0 +1,146 @@
+"""Structured logs: one record per line, logfmt (default) or JSON.
+
+:func:`make_logger` builds a private structlog logger writing to a stream passed in
+(no global configuration); :class:`LogSink` turns the tracker's calls into the
+contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import IO, Any, Final, Literal
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from fluxmon.events import EVENTLOG_LABEL, STATES, JobEvent, f58
+from fluxmon.tracker import Job, NullSink
+
+LogFormat = Literal["logfmt", "json"]
+LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_KEY_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
+_TIME_KEYS: Final = ("t_submit", "t_depend", "t_priority", "t_sched", "t_alloc", "t_run",
+                     "t_start", "t_cleanup", "t_inactive")  # fmt: skip
+#: Most characters of an offending input kept in an ``event.rejected`` record.
+MAX_INPUT_CHARS: Final = 2000
+
+
+def make_logger(stream: IO[str], fmt: LogFormat = "logfmt", level: str = "info") -> FilteringBoundLogger:
+    """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.processors.LogfmtRenderer(
+            key_order=["ts", "level", "msg"], drop_missing=True
+        )
+    return structlog.wrap_logger(  # type: ignore[no-any-return]
+        structlog.WriteLogger(stream),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.processors.EventRenamer("msg"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _scalar(value: object) -> object:
+    """A log value: scalars as they are, anything else as compact JSON."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def flatten_context(context: Mapping[str, Any]) -> dict[str, object]:
+    """The event context as ``ctx_<key>`` fields (keys made logfmt-safe)."""
+    out: dict[str, object] = {}
+    for key, value in context.items():
+        safe = key if isinstance(key, str) and key.isidentifier() else _KEY_UNSAFE.sub(
+            "_", str(key)
+        )
+        out["ctx_" + safe] = _scalar(value)
+    return out
+
+
+def job_record(job: Job) -> dict[str, object]:
+    """A finished job's record of account (everything ``flux jobs`` would say, and more)."""
+    record: dict[str, object] = {
+        "jobid": job.f58,
+        "id": job.jobid,
+        "userid": job.userid,
+        "queue": job.queue,
+        "result": job.result,
+        "returncode": job.returncode,
+        "waitstatus": job.status,
+        "exception_type": job.exc_type,
+        "exception_severity": job.exc_severity,
+        "exception_note": job.exc_note,
+    }
+    for key in _TIME_KEYS:
+        record[key] = getattr(job, key)
+    record["queue_wait"] = job.queue_wait
+    record["runtime"] = job.runtime
+    for state in STATES[:-1]:
+        record["time_" + state.lower()] = job.time_in[state]
+    record["ntasks"] = job.ntasks
+    record["nnodes"] = job.nnodes
+    record["duration_limit"] = job.duration_limit
+    return record
+
+
+class LogSink(NullSink):
+    """Writes the job records of the log contract (a :class:`~fluxmon.tracker.Sink`)."""
+
+    def __init__(self, log: FilteringBoundLogger, *, events: bool = True) -> None:
+        self._log = log
+        self._events = events
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """One ``job.event`` record per event (unless per-event logs are off)."""
+        if not self._events:
+            return
+        self._log.info(
+            "job.event",
+            jobid=job.f58,
+            id=job.jobid,
+            userid=job.userid,
+            queue=job.queue,
+            eventlog=EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+            name=event.name,
+            event_ts=event.timestamp,
+            state=job.state,
+            **flatten_context(event.context),
+        )
+
+    def job_finished(self, job: Job) -> None:
+        """One ``job.finished`` record, the job's record of account."""
+        self._log.info("job.finished", **job_record(job))
+
+    def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
+        """One warning naming the reason and the offending input."""
+        fields: dict[str, object] = {"reason": reason, "detail": detail}
+        if event is not None:
+            jobid = event.jobid
+            if isinstance(jobid, int) and not isinstance(jobid, bool) and jobid >= 0:
+                fields["jobid"] = f58(jobid)
+                fields["id"] = jobid
+            fields["input"] = _scalar(
+                {
+                    "id": jobid,
+                    "eventlog": event.eventlog,
+                    "name": event.name,
+                    "timestamp": event.timestamp,
+                    "context": event.context,
+                }
+            )
+            if isinstance(fields["input"], str) and len(fields["input"]) > MAX_INPUT_CHARS:
+                fields["input"] = fields["input"][:MAX_INPUT_CHARS] + "..."
+        self._log.warning("event.rejected", **fields)

@@ -1,0 +1,431 @@
+"""Every metric fluxmon exports: names, help, labels, buckets, and the sink that fills them.
+
+Job metrics (``flux_*``) are filled by :class:`MetricsSink` from the tracker's calls;
+the current-state gauges are computed at scrape time by :class:`SnapshotCollector`;
+the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`. All of them
+are registered in a registry passed in, never the global one.
+
+The hot path is :meth:`MetricsSink.job_event` (once per event): it resolves the
+labelled child from a per-queue dict keyed by the raw (eventlog, name) pair, so the
+label cap and prometheus_client's label lookup are paid once per new series only.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fluxmon import __version__
+from fluxmon.events import EVENTLOG_LABEL, METRIC_STATES, RESULTS, JobEvent, JobState
+from fluxmon.tracker import REJECT_REASONS, Job, NullSink
+
+# No ``_created`` series anywhere (the design's contract); this is prometheus_client's
+# public switch and it is process-wide by nature.
+_disable_created_metrics()
+
+OTHER: Final = "other"
+#: Open-ended labels whose distinct values are capped.
+CAPPED_LABELS: Final = ("queue", "name", "type", "severity", "returncode")
+PERILOG_PHASES: Final = ("prolog", "epilog")
+LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Histogram bucket bounds, in seconds (ratio is unitless)."""
+
+    wait: tuple[float, ...] = (
+        1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
+        172800, 345600, 604800,
+    )  # fmt: skip
+    runtime: tuple[float, ...] = (
+        1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800,
+        259200, 604800, 1209600,
+    )  # fmt: skip
+    short: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+    ratio: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
+
+
+class LabelCap:
+    """Caps the distinct values of open-ended labels; the rest become ``other``."""
+
+    def __init__(self, limit: int, overflow: Counter) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {label: set() for label in CAPPED_LABELS}
+        self._overflow = overflow
+        for label in CAPPED_LABELS:
+            overflow.labels(label)
+
+    def __call__(self, label: str, value: str) -> str:
+        """Return ``value`` if it is known or there is room for it, else ``other``."""
+        seen = self._seen[label]
+        if value in seen:
+            return value
+        if len(seen) < self.limit:
+            seen.add(value)
+            return value
+        self._overflow.labels(label).inc()
+        return OTHER
+
+
+class JobMetrics:
+    """The ``flux_*`` metric families."""
+
+    def __init__(self, registry: CollectorRegistry, buckets: Buckets) -> None:
+        def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
+            return Counter(name, doc, list(labels), registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: Iterable[str], bounds: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, doc, list(labels), registry=registry, buckets=bounds)
+
+        self.events = counter(
+            "flux_job_events_total",
+            "Job eventlog entries seen, by eventlog (main, exec) and event name.",
+            ("queue", "eventlog", "name"),
+        )
+        self.submitted = counter("flux_jobs_submitted", "Jobs submitted.", ("queue",))
+        self.finished = counter(
+            "flux_jobs_finished", "Jobs that reached INACTIVE, by result.", ("queue", "result")
+        )
+        self.exceptions = counter(
+            "flux_job_exceptions",
+            "Job exception events, by type and severity (0 is fatal).",
+            ("queue", "type", "severity"),
+        )
+        self.exited = counter(
+            "flux_jobs_exited",
+            "Jobs that ran, by return code as flux jobs reports it (negative: signal).",
+            ("queue", "returncode"),
+        )
+        self.state_duration = histogram(
+            "flux_job_state_duration_seconds",
+            "Time spent in a job state, observed once per visit when the job leaves it.",
+            ("queue", "state"),
+            buckets.wait,
+        )
+        self.cleanup_duration = histogram(
+            "flux_job_cleanup_duration_seconds",
+            "Time spent in CLEANUP (epilog, release), with short-phase buckets.",
+            ("queue",),
+            buckets.short,
+        )
+        self.queue_wait = histogram(
+            "flux_job_queue_wait_seconds",
+            "Submit to alloc, observed at alloc.",
+            ("queue",),
+            buckets.wait,
+        )
+        self.runtime = histogram(
+            "flux_job_runtime_seconds",
+            "RUN entered to CLEANUP entered (flux jobs' runtime), for jobs that ran.",
+            ("queue", "result"),
+            buckets.runtime,
+        )
+        self.walltime_used = histogram(
+            "flux_job_walltime_used_ratio",
+            "Runtime divided by the job's time limit, for jobs with a limit.",
+            ("queue",),
+            buckets.ratio,
+        )
+        self.start_latency = histogram(
+            "flux_job_start_latency_seconds",
+            "Alloc to start (job shells launched).",
+            ("queue",),
+            buckets.short,
+        )
+        self.perilog = histogram(
+            "flux_job_perilog_duration_seconds",
+            "Prolog or epilog duration, *-start to *-finish.",
+            ("queue", "phase"),
+            buckets.short,
+        )
+
+
+class SelfMetrics:
+    """The ``fluxmon_*`` metric families: the monitor's own health."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.build_info = Gauge(
+            "fluxmon_build_info",
+            "fluxmon build and the flux-core it talks to; always 1.",
+            ["version", "flux_core_version", "python_version"],
+            registry=registry,
+        )
+        self._build_labels = (__version__, "unknown", platform.python_version())
+        self.build_info.labels(*self._build_labels).set(1)
+        self.connected = Gauge(
+            "fluxmon_connected", "1 while the event stream is live.", registry=registry
+        )
+        self.ready = Gauge("fluxmon_ready", "1 once history is caught up.", registry=registry)
+        self.reconnects = Counter(
+            "fluxmon_reconnects", "Reconnections to the event source.", registry=registry
+        )
+        self.processed = Counter(
+            "fluxmon_events_processed", "Events received from the source.", registry=registry
+        )
+        self.errors = Counter(
+            "fluxmon_event_errors",
+            "Events refused or anomalies found, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REJECT_REASONS:
+            self.errors.labels(reason)
+        self.watches = Gauge(
+            "fluxmon_watches", "Open per-job eventlog watches.", ["eventlog"], registry=registry
+        )
+        for label in EVENTLOG_LABEL.values():
+            self.watches.labels(label)
+        self.watch_errors = Counter(
+            "fluxmon_watch_errors",
+            "Per-job eventlog watches that failed, by errno name.",
+            ["errno"],
+            registry=registry,
+        )
+        self.last_event = Gauge(
+            "fluxmon_last_event_timestamp_seconds",
+            "Timestamp of the newest event seen.",
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "fluxmon_event_lag_seconds",
+            "Receive time minus event timestamp, for live events.",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.label_overflow = Counter(
+            "fluxmon_label_overflow",
+            "Label values replaced by 'other' because the label's cap was reached.",
+            ["label"],
+            registry=registry,
+        )
+
+    def set_flux_version(self, version: str) -> None:
+        """Record the flux-core version once the source knows it."""
+        self.build_info.remove(*self._build_labels)
+        self._build_labels = (self._build_labels[0], version, self._build_labels[2])
+        self.build_info.labels(*self._build_labels).set(1)
+
+
+class _QueueSeries:
+    """Children of every job metric for one queue label value, created on first use."""
+
+    __slots__ = (
+        "cleanup",
+        "events",
+        "exceptions",
+        "exited",
+        "finished",
+        "label",
+        "launch",
+        "perilog",
+        "queue_wait",
+        "runtime",
+        "state",
+        "submitted",
+        "walltime",
+    )
+
+    def __init__(self, label: str, m: JobMetrics) -> None:
+        self.label = label
+        self.events: dict[tuple[str, str], Counter] = {}
+        self.exceptions: dict[tuple[str, int], Counter] = {}
+        self.exited: dict[int, Counter] = {}
+        self.submitted = m.submitted.labels(label)
+        self.finished = {r: m.finished.labels(label, r) for r in RESULTS}
+        self.runtime = {r: m.runtime.labels(label, r) for r in RESULTS}
+        self.state: dict[str, Histogram] = {
+            s: m.state_duration.labels(label, s) for s in METRIC_STATES
+        }
+        self.cleanup = m.cleanup_duration.labels(label)
+        self.queue_wait = m.queue_wait.labels(label)
+        self.walltime = m.walltime_used.labels(label)
+        self.launch = m.start_latency.labels(label)
+        self.perilog = {p: m.perilog.labels(label, p) for p in PERILOG_PHASES}
+
+
+class MetricsSink(NullSink):
+    """Turns the tracker's calls into job metrics (a :class:`~fluxmon.tracker.Sink`)."""
+
+    def __init__(
+        self,
+        job_metrics: JobMetrics,
+        self_metrics: SelfMetrics,
+        cap: LabelCap,
+        *,
+        exemplars: bool = True,
+    ) -> None:
+        self._m = job_metrics
+        self._self = self_metrics
+        self._cap = cap
+        self._exemplars = exemplars
+        self._queues: dict[str, _QueueSeries] = {}  # raw queue name -> series
+        self._by_label: dict[str, _QueueSeries] = {}  # label value -> series
+        self._errors = {r: self_metrics.errors.labels(r) for r in REJECT_REASONS}
+
+    # -- label resolution (cold path) -------------------------------------------------
+
+    def series(self, queue: str) -> _QueueSeries:
+        """The children for a raw queue name (capped; every known series starts at 0)."""
+        found = self._queues.get(queue)
+        if found is not None:
+            return found
+        label = self._cap("queue", queue)
+        found = self._by_label.get(label)
+        if found is None:
+            found = _QueueSeries(label, self._m)
+            self._by_label[label] = found
+        if label == queue:
+            self._queues[queue] = found
+        return found
+
+    def queue_label(self, queue: str) -> str:
+        """The label value a raw queue name is exported under."""
+        return self.series(queue).label
+
+    def known_queue_labels(self) -> list[str]:
+        """Queue label values with series so far."""
+        return sorted(self._by_label)
+
+    def _event_child(self, qs: _QueueSeries, eventlog: str, name: str) -> Counter:
+        key = (eventlog, name)
+        label = EVENTLOG_LABEL.get(eventlog, OTHER)
+        capped = self._cap("name", name)
+        child = self._m.events.labels(qs.label, label, capped)
+        if capped == name:
+            qs.events[key] = child
+        return child
+
+    def _exemplar(self, job: Job) -> dict[str, str] | None:
+        return {"jobid": job.f58} if self._exemplars else None
+
+    # -- Sink -------------------------------------------------------------------------
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """Count the event (hot path: two dict lookups and an increment)."""
+        qs = self._queues.get(job.queue) or self.series(job.queue)
+        child = qs.events.get((event.eventlog, event.name))
+        if child is None:
+            child = self._event_child(qs, event.eventlog, event.name)
+        child.inc()
+        if event.name == "submit" and event.eventlog == "eventlog":
+            qs.submitted.inc()
+
+    def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
+        """Observe one visit of a state."""
+        qs = self._queues.get(job.queue) or self.series(job.queue)
+        exemplar = self._exemplar(job)
+        qs.state[state].observe(seconds, exemplar)
+        if state == "CLEANUP":
+            qs.cleanup.observe(seconds, exemplar)
+
+    def queued(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """Observe a queue wait."""
+        self.series(job.queue).queue_wait.observe(seconds, self._exemplar(job))
+
+    def launched(self, job: Job, seconds: float, event: JobEvent) -> None:
+        """Observe a start latency."""
+        self.series(job.queue).launch.observe(seconds, self._exemplar(job))
+
+    def perilog(self, job: Job, phase: str, seconds: float, event: JobEvent) -> None:
+        """Observe a prolog or epilog."""
+        child = self.series(job.queue).perilog.get(phase)
+        if child is not None:
+            child.observe(seconds, self._exemplar(job))
+
+    def exception(self, job: Job, etype: str, severity: int, event: JobEvent) -> None:
+        """Count an exception by type and severity."""
+        qs = self.series(job.queue)
+        key = (etype, severity)
+        child = qs.exceptions.get(key)
+        if child is None:
+            ctype = self._cap("type", etype)
+            csev = self._cap("severity", str(severity))
+            child = self._m.exceptions.labels(qs.label, ctype, csev)
+            if ctype == etype and csev == str(severity):
+                qs.exceptions[key] = child
+        child.inc()
+
+    def job_finished(self, job: Job) -> None:
+        """Count the result, return code, runtime and walltime use of a finished job."""
+        qs = self.series(job.queue)
+        result = job.result or "failed"
+        qs.finished[result].inc()
+        if not job.ran:
+            return
+        exemplar = self._exemplar(job)
+        runtime = job.runtime
+        if runtime is not None:
+            qs.runtime[result].observe(runtime, exemplar)
+            if job.duration_limit > 0:
+                qs.walltime.observe(runtime / job.duration_limit, exemplar)
+        code = job.returncode
+        if code is not None:
+            child = qs.exited.get(code)
+            if child is None:
+                capped = self._cap("returncode", str(code))
+                child = self._m.exited.labels(qs.label, capped)
+                if capped == str(code):
+                    qs.exited[code] = child
+            child.inc()
+
+    def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
+        """Count a refusal by reason."""
+        child = self._errors.get(reason)
+        if child is None:
+            child = self._self.errors.labels(reason)
+            self._errors[reason] = child
+        child.inc()
+
+
+Snapshot = Mapping[tuple[str, JobState], tuple[int, float]]
+
+
+class SnapshotCollector(Collector):
+    """Computes ``flux_jobs``, the oldest-entry gauges and tracked jobs at scrape time.
+
+    ``snapshot`` returns the per-(queue label, state) counts and earliest entry
+    timestamps, the known queue labels and the number of tracked jobs; it is
+    expected to take whatever lock guards the tracker.
+    """
+
+    def __init__(self, snapshot: Callable[[], tuple[Snapshot, list[str], int]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the gauges from one consistent snapshot."""
+        counts, queues, tracked = self._snapshot()
+        jobs = GaugeMetricFamily(
+            "flux_jobs", "Jobs now in each state.", labels=["queue", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "flux_jobs_oldest_state_entry_timestamp_seconds",
+            "When the longest-waiting job in each state entered it.",
+            labels=["queue", "state"],
+        )
+        for queue in sorted(set(queues) | {q for q, _ in counts}):
+            for state in METRIC_STATES:
+                found = counts.get((queue, state))
+                jobs.add_metric([queue, state], found[0] if found else 0)
+                if found:
+                    oldest.add_metric([queue, state], found[1])
+        yield jobs
+        yield oldest
+        tracked_family = GaugeMetricFamily(
+            "fluxmon_tracked_jobs", "Jobs held by the tracker (active jobs)."
+        )
+        tracked_family.add_metric([], tracked)
+        yield tracked_family
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe nothing, so registration does not run a snapshot."""
+        return []

@@ -1,0 +1,169 @@
+"""The thread-safe junction between a source, the tracker, and the HTTP scrapes.
+
+A source thread calls :class:`Pipeline` (the :class:`~fluxmon.sources.Downstream`);
+HTTP threads read snapshots through it. One lock serialises the tracker: a batch of
+events is applied under one acquisition, and a scrape's snapshot is taken under it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from structlog.typing import FilteringBoundLogger
+
+from fluxmon.events import JobEvent
+from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
+from fluxmon.tracker import Tracker
+
+#: How long a scrape or health check waits for the lock before calling the loop stuck.
+LOCK_TIMEOUT = 5.0
+
+
+class Pipeline:
+    """Applies source events to the tracker and keeps the daemon's own state."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        metrics_sink: MetricsSink,
+        self_metrics: SelfMetrics,
+        log: FilteringBoundLogger,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``clock`` (wall time) is used only to measure event lag; None turns lag off."""
+        self.tracker = tracker
+        self._sink = metrics_sink
+        self._self = self_metrics
+        self._log = log
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._connected = False
+        self._ready = False
+        self._ever_connected = False
+        self._last_ts = 0.0
+        self._live_events = 0
+        self._history_events = 0
+        self._disconnect_reason = "not connected yet"
+        self.source_thread: threading.Thread | None = None
+
+    # -- Downstream ---------------------------------------------------------------------
+
+    def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
+        """Apply a batch of events in order under one lock acquisition."""
+        if not batch:
+            return
+        apply = self.tracker.apply
+        with self._lock:
+            newest = self._last_ts
+            for event in batch:
+                apply(event, live)
+                ts = event.timestamp
+                if type(ts) is float and ts > newest:
+                    newest = ts
+            self._last_ts = newest
+        count = len(batch)
+        if live:
+            self._live_events += count
+        else:
+            self._history_events += count
+        self._self.processed.inc(count)
+        self._self.last_event.set(newest)
+        if live and self._clock is not None:
+            now = self._clock()
+            observe = self._self.lag.observe
+            for event in batch:
+                ts = event.timestamp
+                if type(ts) is float:
+                    observe(max(now - ts, 0.0))
+
+    def connected(self, detail: str) -> None:
+        """Mark the stream live and log it."""
+        if self._ever_connected:
+            self._self.reconnects.inc()
+        self._ever_connected = True
+        self._connected = True
+        self._self.connected.set(1)
+        self._log.info("source.connected", detail=detail)
+
+    def disconnected(self, error: str) -> None:
+        """Mark the stream down (and not ready) and log why."""
+        self._connected = False
+        self._ready = False
+        self._disconnect_reason = error
+        self._self.connected.set(0)
+        self._self.ready.set(0)
+        self._log.warning("source.disconnected", error=error)
+
+    def caught_up(self) -> None:
+        """History is in: from now on events are live; log the counts."""
+        self._ready = True
+        self._self.ready.set(1)
+        with self._lock:
+            tracked = len(self.tracker.jobs)
+            rejected = sum(self.tracker.rejected.values())
+        self._log.info(
+            "history.caught_up",
+            history_events=self._history_events,
+            tracked_jobs=tracked,
+            rejected=rejected,
+        )
+
+    def reject_input(self, reason: str, detail: str) -> None:
+        """Count and log input that never became an event."""
+        with self._lock:
+            self.tracker.report_rejection(reason, detail)
+
+    # -- reads from other threads -------------------------------------------------------
+
+    def snapshot(self) -> tuple[Snapshot, list[str], int]:
+        """Per-(queue label, state) counts and oldest entries, known queues, tracked jobs."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            return {}, [], 0
+        try:
+            raw = self.tracker.snapshot()
+            label = self._sink.queue_label
+            counts: dict[tuple[str, str], tuple[int, float]] = {}
+            for (queue, state), (count, oldest) in raw.items():
+                key = (label(queue), state)
+                found = counts.get(key)
+                counts[key] = (
+                    (count, oldest) if found is None else (found[0] + count, min(found[1], oldest))
+                )
+            return counts, self._sink.known_queue_labels(), len(self.tracker.jobs)  # type: ignore[return-value]
+        finally:
+            self._lock.release()
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive while the source thread runs and the tracker lock is not stuck."""
+        thread = self.source_thread
+        if thread is not None and not thread.is_alive():
+            return False, "the event source thread has stopped"
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            return False, f"the event loop has held the tracker for over {LOCK_TIMEOUT:g}s"
+        self._lock.release()
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once connected and history is caught up."""
+        if not self._connected:
+            return False, f"not connected: {self._disconnect_reason}"
+        if not self._ready:
+            return False, "connected, replaying history"
+        return True, "ok"
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the source is connected."""
+        return self._connected
+
+    @property
+    def is_ready(self) -> bool:
+        """True once connected and caught up."""
+        return self._connected and self._ready
+
+    @property
+    def live_events(self) -> int:
+        """Live events applied so far (for status lines)."""
+        return self._live_events
