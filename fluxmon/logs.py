@@ -90,6 +90,7 @@ def job_record(job: Job) -> dict[str, object]:
     record["runtime"] = job.runtime
     for state in STATES[:-1]:
         record["time_" + state.lower()] = job.time_in[state]
+    record["held_time"] = job.time_held
     record["ntasks"] = job.ntasks
     record["nnodes"] = job.nnodes
     record["duration_limit"] = job.duration_limit

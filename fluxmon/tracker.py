@@ -82,6 +82,7 @@ class Job:
         "exc_note",
         "exc_severity",
         "exc_type",
+        "held_since",
         "jobid",
         "last_main_ts",
         "nnodes",
@@ -103,6 +104,7 @@ class Job:
         "t_sched",
         "t_start",
         "t_submit",
+        "time_held",
         "time_in",
         "urgency",
         "userid",
@@ -122,6 +124,9 @@ class Job:
         self.entered: float = timestamp
         self.visited: set[JobState] = {"NEW"}
         self.time_in: dict[JobState, float] = dict.fromkeys(STATES[:-1], 0.0)
+        #: Seconds spent held (in SCHED with priority 0, as flux-core keeps held jobs).
+        self.time_held: float = 0.0
+        self.held_since: float | None = None
         self.t_submit: float = timestamp
         self.t_depend: float | None = None
         self.t_priority: float | None = None
@@ -478,6 +483,9 @@ class Tracker:
         ts = event.timestamp
         old = job.state
         seconds = ts - job.entered
+        if job.held_since is not None:
+            job.time_held += ts - job.held_since
+            job.held_since = None
         job.time_in[old] += seconds
         job.state = new
         job.entered = ts
@@ -552,8 +560,17 @@ class Tracker:
                         sink.queued(job, wait, event)
             return True
         if name == "priority":
+            priority = context.get("priority")
+            if not _is_int(priority):
+                return self._reject("malformed", "priority has no integer priority", event)
             if job.state == "PRIORITY":
                 self._move(job, "SCHED", event, live)
+            if job.state == "SCHED":
+                if priority == 0 and job.held_since is None:
+                    job.held_since = event.timestamp
+                elif priority != 0 and job.held_since is not None:
+                    job.time_held += event.timestamp - job.held_since
+                    job.held_since = None
             return True
         if name in _REVERT:
             if name == "urgency":
