@@ -1,0 +1,288 @@
+"""The RFC 21 tracker: transitions, results, refusals, as flux-core's job-list computes them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fluxmon.events import EXEC, JobEvent
+from fluxmon.testing import RecordingSink, ev, jobspec, lifecycle
+from fluxmon.tracker import Tracker, returncode_of
+
+
+def run(*events: JobEvent, live: bool = True) -> tuple[Tracker, RecordingSink]:
+    sink = RecordingSink()
+    tracker = Tracker([sink])
+    for event in events:
+        tracker.apply(event, live)
+    return tracker, sink
+
+
+def head(jobid: int = 1, t0: float = 100.0, **kw: object) -> list[JobEvent]:
+    """submit .. priority: the job is in SCHED at t0+0.03."""
+    return [
+        ev(jobid, "submit", t0, jobspec=jobspec(), userid=5, urgency=16, flags=0),
+        ev(jobid, "validate", t0 + 0.01),
+        ev(jobid, "depend", t0 + 0.02),
+        ev(jobid, "priority", t0 + 0.03, priority=16),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        pytest.param(0, 0, id="exit-0"),
+        pytest.param(3 << 8, 3, id="exit-3"),
+        pytest.param(137 << 8, 137, id="shell-exit-137"),
+        pytest.param(9, -9, id="shell-killed-9"),
+        pytest.param(15 | 0x80, -15, id="signal-with-core"),
+    ],
+)
+def test_returncode_from_wait_status(status: int, code: int) -> None:
+    """Return codes follow flux jobs: exit code, or minus the signal."""
+    assert returncode_of(status, "failed") == code
+
+
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [
+        pytest.param("canceled", -128, id="canceled"),
+        pytest.param("failed", 1, id="failed"),
+        pytest.param("timeout", None, id="timeout"),
+        pytest.param("completed", None, id="completed"),
+    ],
+)
+def test_returncode_without_status(result: str, code: int | None) -> None:
+    """With no finish status, canceled is -128 and failed is 1, as flux jobs says."""
+    assert returncode_of(None, result) == code  # type: ignore[arg-type]
+
+
+def test_lifecycle_states_and_durations() -> None:
+    """A plain job visits every state once and each visit's duration is reported."""
+    tracker, sink = run(*lifecycle(7, 1000.0, runtime=2.0, wait=0.5))
+    assert tracker.jobs == {}
+    (job,) = sink.finished
+    assert job.result == "completed"
+    assert [s for _, s, _ in sink.left] == ["DEPEND", "PRIORITY", "SCHED", "RUN", "CLEANUP"]
+    assert dict((s, d) for _, s, d in sink.left)["RUN"] == pytest.approx(2.0)
+    assert job.queue_wait == pytest.approx(0.53)
+    assert ("queue" in {k for _, k, _ in sink.waits}) and ("launch" in {k for _, k, _ in sink.waits})
+
+
+def test_priority_and_sched_can_be_entered_twice() -> None:
+    """urgency sends SCHED back to PRIORITY; both visits are observed."""
+    _, sink = run(
+        *head(),
+        ev(1, "urgency", 101.0, urgency=20, userid=5),
+        ev(1, "priority", 101.5, priority=20),
+        ev(1, "alloc", 102.0),
+    )
+    visits = [s for _, s, _ in sink.left]
+    assert visits.count("PRIORITY") == 2
+    assert visits.count("SCHED") == 2
+
+
+def test_priority_inside_sched_is_reprioritisation() -> None:
+    """A priority event while in SCHED changes nothing."""
+    tracker, sink = run(*head(), ev(1, "priority", 100.5, priority=3))
+    assert tracker.jobs[1].state == "SCHED"
+    assert [s for _, s, _ in sink.left].count("SCHED") == 0
+
+
+def test_held_time_is_counted_in_sched() -> None:
+    """A held job (priority 0) waits in SCHED, and its held time is kept apart."""
+    events = head()[:3] + [
+        ev(1, "priority", 100.03, priority=0),
+        ev(1, "urgency", 110.0, urgency=16, userid=5),
+        ev(1, "priority", 110.01, priority=16),
+        ev(1, "exception", 111.0, type="cancel", severity=0, note="", userid=5),
+        ev(1, "clean", 111.1),
+    ]
+    _, sink = run(*events)
+    (job,) = sink.finished
+    assert job.time_held == pytest.approx(110.0 - 100.03)
+    assert job.result == "canceled"
+    assert job.returncode == -128
+
+
+def test_cancel_pending_never_ran() -> None:
+    """A job canceled while pending is canceled with -128 and no runtime."""
+    _, sink = run(
+        *head(),
+        ev(1, "exception", 105.0, type="cancel", severity=0, note="", userid=5),
+        ev(1, "clean", 105.1),
+    )
+    (job,) = sink.finished
+    assert (job.result, job.returncode, job.ran, job.runtime) == ("canceled", -128, False, None)
+    assert job.t_cleanup == 105.0
+
+
+def test_finish_after_fatal_exception_keeps_cleanup_time() -> None:
+    """CLEANUP is entered at the exception; the later finish only records the status."""
+    _, sink = run(
+        *head(),
+        ev(1, "alloc", 101.0),
+        ev(1, "start", 101.1),
+        ev(1, "exception", 103.0, type="timeout", severity=0, note="expired", userid=0),
+        ev(1, "finish", 103.5, status=9),
+        ev(1, "clean", 104.0),
+    )
+    (job,) = sink.finished
+    assert job.t_cleanup == 103.0
+    assert job.runtime == pytest.approx(2.0)
+    assert (job.result, job.returncode) == ("timeout", -9)
+
+
+def test_fatal_exception_before_finish_zero_is_not_success() -> None:
+    """finish status 0 after a fatal exception is not a success (job-list rule)."""
+    _, sink = run(
+        *head(),
+        ev(1, "alloc", 101.0),
+        ev(1, "exception", 102.0, type="node-failure", severity=0, note="", userid=0),
+        ev(1, "finish", 102.5, status=0),
+        ev(1, "clean", 103.0),
+    )
+    assert sink.finished[0].result == "failed"
+
+
+def test_fatal_exception_after_finish_zero_keeps_success() -> None:
+    """An exception during CLEANUP after a clean finish leaves the job completed."""
+    _, sink = run(
+        *head(),
+        ev(1, "alloc", 101.0),
+        ev(1, "finish", 102.0, status=0),
+        ev(1, "exception", 102.5, type="epilog", severity=0, note="", userid=0),
+        ev(1, "clean", 103.0),
+    )
+    assert sink.finished[0].result == "completed"
+    assert sink.exceptions == [(1, "epilog", 0)]
+
+
+def test_most_severe_exception_wins() -> None:
+    """A later fatal exception replaces an earlier non-fatal one as the job's exception."""
+    _, sink = run(
+        *head(),
+        ev(1, "exception", 100.5, type="test", severity=3, note="warn", userid=0),
+        ev(1, "exception", 101.0, type="cancel", severity=0, note="", userid=0),
+        ev(1, "exception", 101.2, type="other", severity=0, note="", userid=0),
+        ev(1, "clean", 101.5),
+    )
+    (job,) = sink.finished
+    assert (job.exc_type, job.exc_severity, job.result) == ("cancel", 0, "canceled")
+
+
+def test_invalidate_drops_the_job() -> None:
+    """invalidate forgets the job without finishing it."""
+    tracker, sink = run(ev(1, "submit", 1.0, userid=1, urgency=16), ev(1, "invalidate", 1.1))
+    assert tracker.jobs == {}
+    assert sink.finished == []
+
+
+def test_history_rebuilds_state_silently() -> None:
+    """Events replayed with live=False rebuild state but report nothing."""
+    events = lifecycle(3, 50.0)
+    tracker, sink = run(*events[:5], live=False)
+    assert tracker.jobs[3].state == "RUN"
+    assert sink.events == [] and sink.left == []
+    for event in events[5:]:
+        tracker.apply(event)
+    (job,) = sink.finished
+    assert job.t_submit == 50.0
+    assert sum(job.time_in.values()) == pytest.approx(job.t_inactive - job.t_submit)  # type: ignore[operator]
+
+
+def test_exec_events_out_of_order_are_fine() -> None:
+    """Exec eventlog timestamps come from other hosts and need not be ordered."""
+    tracker, sink = run(
+        *head(),
+        ev(1, "alloc", 101.0),
+        ev(1, "shell.init", 101.5, EXEC),
+        ev(1, "starting", 101.2, EXEC),
+    )
+    assert sink.rejected == []
+    assert [n for _, n, _ in sink.events][-2:] == ["shell.init", "starting"]
+
+
+def test_perilog_durations() -> None:
+    """prolog and epilog durations are measured start to finish."""
+    _, sink = run(
+        *head(),
+        ev(1, "alloc", 101.0),
+        ev(1, "prolog-start", 101.0, description="job-manager.prolog"),
+        ev(1, "prolog-finish", 102.5, description="job-manager.prolog", status=0),
+        ev(1, "start", 102.6),
+        ev(1, "finish", 103.0, status=0),
+        ev(1, "epilog-start", 103.1, description="job-manager.epilog"),
+        ev(1, "epilog-finish", 104.1, description="job-manager.epilog", status=0),
+        ev(1, "clean", 104.2),
+    )
+    phases = {k: v for _, k, v in sink.waits}
+    assert phases["prolog"] == pytest.approx(1.5)
+    assert phases["epilog"] == pytest.approx(1.0)
+    assert phases["launch"] == pytest.approx(1.6)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        pytest.param(ev(9, "validate", 100.0), "unknown_job", id="unknown-job"),
+        pytest.param(ev(1, "priority", 100.03, priority=16), "duplicate", id="duplicate"),
+        pytest.param(ev(1, "alloc", 99.0), "out_of_order", id="older-than-last"),
+        pytest.param(ev(1, "validate", 100.5), "malformed", id="validate-again-is-no-op"),
+        pytest.param(ev(1, "finish", 101.0, status="0"), "malformed", id="finish-status-str"),
+        pytest.param(ev(1, "exception", 101.0, type="x", severity=9), "malformed", id="sev-9"),
+        pytest.param(ev(1, "exception", 101.0, severity=0), "malformed", id="exc-no-type"),
+        pytest.param(JobEvent(1, "bogus", "alloc", 101.0, {}), "malformed", id="bad-eventlog"),
+        pytest.param(JobEvent(1, "eventlog", "alloc", math.nan, {}), "malformed", id="nan-ts"),
+        pytest.param(JobEvent(1, "eventlog", 5, 101.0, {}), "malformed", id="int-name"),  # type: ignore[arg-type]
+        pytest.param(JobEvent(1, "eventlog", "alloc", 101.0, []), "malformed", id="list-ctx"),  # type: ignore[arg-type]
+        pytest.param(JobEvent("1", "eventlog", "alloc", 101.0, {}), "malformed", id="str-id"),  # type: ignore[arg-type]
+        pytest.param(ev(1, "submit", 101.0), "duplicate", id="second-submit"),
+    ],
+)
+def test_refusals(bad: JobEvent, reason: str) -> None:
+    """Bad input is refused with a reason, counted, and the job carries on."""
+    tracker, sink = run(*head())
+    accepted = tracker.apply(bad)
+    if bad.name == "validate" and bad.jobid == 1:
+        # A repeated once-only state is accepted as a no-op, like job-list does.
+        assert accepted and sink.rejected == []
+        return
+    assert not accepted
+    assert [r for r, _, _ in sink.rejected] == [reason]
+    assert tracker.rejected[reason] == 1
+    tracker.apply(ev(1, "alloc", 102.0))
+    assert tracker.jobs[1].state == "RUN"
+
+
+def test_backward_transition_is_refused() -> None:
+    """An event that would send a job back to an earlier state is refused."""
+    events = head() + [ev(1, "alloc", 101.0), ev(1, "finish", 102.0, status=0)]
+    events = [e for e in events if e.name != "depend"]
+    tracker, sink = run(*events)
+    assert not tracker.apply(ev(1, "depend", 102.5))
+    assert [r for r, _, _ in sink.rejected] == ["invalid_transition"]
+    assert tracker.jobs[1].state == "CLEANUP"
+
+
+def test_snapshot_counts_and_oldest() -> None:
+    """The snapshot gives jobs per (queue, state) and the earliest entry time."""
+    tracker, _ = run(*head(1, 100.0), *head(2, 200.0), ev(1, "alloc", 300.0))
+    snap = tracker.snapshot()
+    assert snap[("default", "SCHED")] == (1, 200.03)
+    assert snap[("default", "RUN")] == (1, 300.0)
+
+
+def test_nnodes_from_R_and_ntasks_from_jobspec() -> None:
+    """nnodes comes from R's R_lite ranks; ntasks from the jobspec's slots."""
+    submit = ev(1, "submit", 1.0, jobspec=jobspec(slots=4), userid=1, urgency=16)
+    R = {"version": 1, "execution": {"R_lite": [{"rank": "0-2,5", "children": {"core": "0"}}]}}
+    tracker, _ = run(
+        submit,
+        ev(1, "validate", 1.1),
+        ev(1, "depend", 1.2),
+        ev(1, "priority", 1.3, priority=1),
+        ev(1, "alloc", 1.4, R=R),
+    )
+    assert (tracker.jobs[1].ntasks, tracker.jobs[1].nnodes) == (4, 4)
