@@ -1,0 +1,172 @@
+"""Metric families: golden exposition, label caps, exemplars, scrape-time gauges."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from fluxmon.app import build
+from fluxmon.testing import ev, jobspec, lifecycle
+from tests.conftest import DATA, SCENARIOS, Replayed, json_settings
+
+GOLDEN = DATA / "golden" / "scenarios.prom"
+
+CONTRACT_FAMILIES = {
+    "flux_job_events": "counter",
+    "flux_jobs_submitted": "counter",
+    "flux_jobs_finished": "counter",
+    "flux_job_exceptions": "counter",
+    "flux_jobs_exited": "counter",
+    "flux_job_state_duration_seconds": "histogram",
+    "flux_job_queue_wait_seconds": "histogram",
+    "flux_job_runtime_seconds": "histogram",
+    "flux_job_walltime_used_ratio": "histogram",
+    "flux_job_start_latency_seconds": "histogram",
+    "flux_job_perilog_duration_seconds": "histogram",
+    "flux_jobs": "gauge",
+    "flux_jobs_oldest_state_entry_timestamp_seconds": "gauge",
+    "fluxmon_build_info": "gauge",
+    "fluxmon_connected": "gauge",
+    "fluxmon_ready": "gauge",
+    "fluxmon_reconnects": "counter",
+    "fluxmon_events_processed": "counter",
+    "fluxmon_event_errors": "counter",
+    "fluxmon_watches": "gauge",
+    "fluxmon_watch_errors": "counter",
+    "fluxmon_tracked_jobs": "gauge",
+    "fluxmon_last_event_timestamp_seconds": "gauge",
+    "fluxmon_event_lag_seconds": "histogram",
+    "fluxmon_label_overflow": "counter",
+}
+
+
+def exposition(out: Replayed) -> str:
+    text = generate_latest(out.parts.registry).decode()
+    # The build line names this machine's Python; everything else is deterministic.
+    return re.sub(r'python_version="[^"]*"', 'python_version="X"', text)
+
+
+def test_golden_exposition(replay: Callable[..., Replayed]) -> None:
+    """Replaying the recorded jobs gives exactly the committed exposition."""
+    text = exposition(replay(SCENARIOS))
+    if os.environ.get("FLUXMON_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_every_contract_family_is_exported(replay: Callable[..., Replayed]) -> None:
+    """Every metric family of the design's table is present with its type."""
+    text = generate_latest(replay(SCENARIOS).parts.registry).decode()
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    for name, kind in CONTRACT_FAMILIES.items():
+        assert types.get(name) == kind, name
+    assert "_created" not in text
+
+
+def test_no_jobid_or_user_in_labels(replay: Callable[..., Replayed]) -> None:
+    """No label carries a jobid or a user, in any format."""
+    out = replay(SCENARIOS)
+    text = generate_latest(out.parts.registry).decode()
+    forbidden = {"jobid", "userid", "user", "username", "id"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert not forbidden & set(sample.labels), (family.name, sample.labels)
+    for record in out.records("job.finished"):
+        assert str(record["id"]) not in text
+        assert record["jobid"] not in text
+
+
+def test_known_series_start_at_zero() -> None:
+    """A queue's result, state and error series exist at 0 once the queue is seen."""
+    stream = io.StringIO()
+    parts = build(json_settings(), stream, clock=None)
+    parts.pipeline.events([ev(1, "submit", 1.0, jobspec=jobspec("gpu"), userid=1, urgency=16)])
+    get = parts.registry.get_sample_value
+    for result in ("completed", "failed", "canceled", "timeout"):
+        assert get("flux_jobs_finished_total", {"queue": "gpu", "result": result}) == 0
+    for state in ("DEPEND", "PRIORITY", "SCHED", "RUN", "CLEANUP"):
+        labels = {"queue": "gpu", "state": state}
+        assert get("flux_job_state_duration_seconds_count", labels) == 0
+    assert get("flux_jobs", {"queue": "gpu", "state": "RUN"}) == 0
+    assert get("fluxmon_event_errors_total", {"reason": "out_of_order"}) == 0
+    assert get("fluxmon_label_overflow_total", {"label": "name"}) == 0
+
+
+def test_exemplars_carry_the_jobid() -> None:
+    """Histogram exemplars name the job in f58, visible in OpenMetrics only."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    parts.pipeline.events(lifecycle(6828326912, 10.0))
+    om = generate_openmetrics(parts.registry).decode()
+    assert re.search(r'flux_job_queue_wait_seconds_bucket\{.*\} 1.0 # \{jobid="fBQPxhM"\}', om)
+    assert "# {" not in generate_latest(parts.registry).decode()
+
+
+def test_exemplars_can_be_turned_off() -> None:
+    """metrics.exemplars = false drops exemplars."""
+    base = json_settings()
+    settings = dataclasses.replace(
+        base, metrics=dataclasses.replace(base.metrics, exemplars=False)
+    )
+    parts = build(settings, io.StringIO(), clock=None)
+    parts.pipeline.events(lifecycle(6828326912, 10.0))
+    assert "# {" not in generate_openmetrics(parts.registry).decode()
+
+
+def test_label_cap_overflows_to_other() -> None:
+    """Past the cap, new event names become 'other' and each replacement is counted."""
+    base = json_settings()
+    settings = dataclasses.replace(base, metrics=dataclasses.replace(base.metrics, label_cap=5))
+    parts = build(settings, io.StringIO(), clock=None)
+    events = [ev(1, "submit", 1.0, userid=1, urgency=16)]
+    events += [ev(1, f"site.event-{i}", 2.0 + i) for i in range(10)]
+    parts.pipeline.events(events)
+    get = parts.registry.get_sample_value
+    names = {
+        s.labels["name"]
+        for family in parts.registry.collect()
+        if family.name == "flux_job_events"
+        for s in family.samples
+    }
+    assert len(names) == 6  # 5 capped values + other
+    assert get(
+        "flux_job_events_total", {"queue": "default", "eventlog": "main", "name": "other"}
+    ) == 6
+    assert get("fluxmon_label_overflow_total", {"label": "name"}) == 6
+
+
+def test_state_gauges_at_scrape_time() -> None:
+    """flux_jobs and the oldest-entry gauge describe the jobs active at the scrape."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    parts.pipeline.events(lifecycle(1, 10.0)[:4] + lifecycle(2, 20.0)[:4])
+    get = parts.registry.get_sample_value
+    assert get("flux_jobs", {"queue": "default", "state": "SCHED"}) == 2
+    assert get(
+        "flux_jobs_oldest_state_entry_timestamp_seconds", {"queue": "default", "state": "SCHED"}
+    ) == pytest.approx(10.03)
+    assert get("fluxmon_tracked_jobs", {}) == 2
+    parts.pipeline.events(lifecycle(1, 10.0)[4:])
+    assert get("flux_jobs", {"queue": "default", "state": "SCHED"}) == 1
+    assert get("fluxmon_tracked_jobs", {}) == 1
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_check_metrics(replay: Callable[..., Replayed], tmp_path: Path) -> None:
+    """promtool check metrics finds no problem in the exposition."""
+    text = generate_latest(replay(SCENARIOS).parts.registry).decode()
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "" and proc.stderr.strip() == ""
