@@ -1,0 +1,129 @@
+"""Log records: logfmt and JSON, one per line, the contract's keys, hostile values contained."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import shlex
+
+import pytest
+
+from fluxmon.app import build
+from fluxmon.logs import flatten_context
+from fluxmon.testing import ev, lifecycle, parse_log
+from tests.conftest import DATA, json_settings
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def logfmt(text: str) -> list[dict[str, str]]:
+    """Parse logfmt lines (values may be double-quoted) into dicts of strings."""
+    return [
+        dict(part.partition("=")[::2] for part in shlex.split(line, posix=True))
+        for line in text.splitlines()
+    ]
+
+
+def run(batch: list, /, **log: object) -> str:  # type: ignore[type-arg]
+    base = json_settings()
+    settings = dataclasses.replace(base, log=dataclasses.replace(base.log, **log))
+    stream = io.StringIO()
+    parts = build(settings, stream, clock=None)
+    parts.pipeline.events(batch)
+    return stream.getvalue()
+
+
+def test_logfmt_is_the_default_and_one_record_per_line() -> None:
+    """logfmt records start with ts, level, msg and each event gives one line."""
+    events = lifecycle(6828326912, 10.0, exec_events=True)
+    text = run(events, format="logfmt")
+    lines = text.splitlines()
+    assert len(lines) == len(events) + 1  # + job.finished
+    for line in lines:
+        assert re.match(r"^ts=\S+ level=info msg=job\.(event|finished) ", line), line
+    records = logfmt(text)
+    assert ISO_UTC.match(records[0]["ts"])
+    first = records[0]
+    assert (first["jobid"], first["id"], first["name"], first["state"]) == (
+        "fBQPxhM",
+        "6828326912",
+        "submit",
+        "NEW",
+    )
+    assert first["ctx_userid"] == "1000"
+    assert records[-1]["msg"] == "job.finished"
+    assert records[-1]["result"] == "completed"
+
+
+def test_job_finished_is_a_record_of_account() -> None:
+    """job.finished carries result, return code, timestamps, waits and state times."""
+    (record,) = [r for r in parse_log(run(lifecycle(1, 10.0, status=3 << 8))) if r["msg"] == "job.finished"]
+    for key in (
+        "jobid", "id", "userid", "queue", "result", "returncode", "exception_type",
+        "exception_note", "t_submit", "t_alloc", "t_run", "t_cleanup", "t_inactive",
+        "queue_wait", "runtime", "time_depend", "time_priority", "time_sched", "time_run",
+        "time_cleanup", "ntasks", "nnodes", "duration_limit",
+    ):  # fmt: skip
+        assert key in record, key
+    assert (record["result"], record["returncode"]) == ("failed", 3)
+
+
+def test_events_none_keeps_only_finished() -> None:
+    """log.events = none drops per-event records but keeps job.finished."""
+    records = parse_log(run(lifecycle(1, 10.0), events="none"))
+    assert [r["msg"] for r in records] == ["job.finished"]
+
+
+def test_hostile_context_cannot_break_lines() -> None:
+    """Newlines, quotes, '=' and odd keys in a context stay inside one logfmt record."""
+    events = [
+        ev(1, "submit", 1.0, userid=1, urgency=16),
+        ev(1, "memo", 2.0, **{"a b=c": 'x"\ny', "nested": {"k": [1, 2]}, "n\nl": "v"}),
+    ]
+    text = run(events, format="logfmt")
+    lines = text.splitlines()
+    assert len(lines) == 2
+    memo = logfmt(text)[1]
+    assert memo["ctx_a_b_c"] == 'x"\\ny'
+    assert json.loads(memo["ctx_nested"]) == {"k": [1, 2]}
+    assert "ctx_n_l" in memo
+
+
+def test_rejections_are_warnings_with_the_input() -> None:
+    """A refused event is logged at warning with its reason and the offending input."""
+    records = parse_log(run([ev(77, "alloc", 5.0, junk=1)]))
+    (record,) = records
+    assert record["level"] == "warning"
+    assert record["msg"] == "event.rejected"
+    assert record["reason"] == "unknown_job"
+    assert record["jobid"] == "f2L"  # 77 = 1*58 + 19
+    assert json.loads(record["input"])["context"] == {"junk": 1}
+
+
+@pytest.mark.parametrize(
+    ("context", "flat"),
+    [
+        pytest.param({"status": 0}, {"ctx_status": 0}, id="scalar"),
+        pytest.param({"ranks": [0, 1]}, {"ctx_ranks": "[0,1]"}, id="list-as-json"),
+        pytest.param({"x y": None}, {"ctx_x_y": None}, id="unsafe-key"),
+        pytest.param({"nan": float("nan")}, {"ctx_nan": float("nan")}, id="nan"),
+    ],
+)
+def test_flatten_context(context: dict[str, object], flat: dict[str, object]) -> None:
+    """Context keys become ctx_<key>; non-scalars become compact JSON."""
+    got = flatten_context(context)
+    assert got.keys() == flat.keys()
+    for key, value in flat.items():
+        assert got[key] == value or (value != value and got[key] != got[key])
+
+
+def test_journal_logs_one_finished_record_per_job() -> None:
+    """Replaying the journal yields exactly one job.finished per job, greppable by jobid."""
+    from fluxmon.sources.replay import read_events
+
+    events = [e for _, e in read_events((DATA / "journal.replay.jsonl").read_bytes().splitlines())]
+    text = run(events, format="logfmt")  # type: ignore[arg-type]
+    finished = [r for r in logfmt(text) if r["msg"] == "job.finished"]
+    assert len({r["jobid"] for r in finished}) == len(finished) == 20
