@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Final
@@ -21,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from fluxmon import __version__
 from fluxmon.config import Settings
+from fluxmon.events import MAIN, JobEvent
 from fluxmon.http import MetricsServer
 from fluxmon.logs import LogSink, make_logger
 from fluxmon.metrics import (
@@ -33,12 +34,13 @@ from fluxmon.metrics import (
 )
 from fluxmon.pipeline import Pipeline
 from fluxmon.sdnotify import Notifier, watchdog_interval
-from fluxmon.sources import Source
-from fluxmon.sources.replay import ReplaySource
+from fluxmon.sources import Source, SourceUnavailable
+from fluxmon.sources.replay import ReplaySource, format_event
 from fluxmon.tracker import Tracker
 
 EX_OK: Final = 0
 EX_DATAERR: Final = 65
+EX_UNAVAILABLE: Final = 69
 EX_SOFTWARE: Final = 70
 EX_OSERR: Final = 71
 #: Seconds between STATUS= updates to systemd.
@@ -102,9 +104,78 @@ def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: IO[str])
     return EX_DATAERR if refused else EX_OK
 
 
+class RecordDownstream:
+    """A downstream that writes every event in the replay format (``fluxmon record``)."""
+
+    def __init__(
+        self, out: IO[str], log: FilteringBoundLogger, stop: threading.Event, count: int | None
+    ) -> None:
+        self._out = out
+        self._log = log
+        self._stop = stop
+        self._count = count
+        self.events_written = 0
+        self.jobs_finished = 0
+
+    def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
+        """Write the events; stop once ``count`` jobs have finished live."""
+        for event in batch:
+            self._out.write(format_event(event) + "\n")
+            if live and event.name == "clean" and event.eventlog == MAIN:
+                self.jobs_finished += 1
+        self._out.flush()
+        self.events_written += len(batch)
+        if self._count is not None and self.jobs_finished >= self._count:
+            self._stop.set()
+
+    def connected(self, detail: str, *, flux_version: str | None = None) -> None:
+        """Log the connection."""
+        self._log.info("source.connected", detail=detail, flux_version=flux_version)
+
+    def disconnected(self, error: str) -> None:
+        """Log the disconnection."""
+        self._log.warning("source.disconnected", error=error)
+
+    def caught_up(self) -> None:
+        """Log the end of history."""
+        self._log.info("history.caught_up", events=self.events_written)
+
+    def reject_input(self, reason: str, detail: str) -> None:
+        """Log refused input."""
+        self._log.warning("event.rejected", reason=reason, detail=detail)
+
+    def forget(self, jobids: Iterable[int], reason: str) -> None:
+        """Nothing to forget: the recording keeps what was seen."""
+
+
+def record(
+    source_factory: Callable[[SelfMetrics, FilteringBoundLogger], Source],
+    settings: Settings,
+    out: IO[str],
+    err: IO[str],
+    *,
+    count: int | None = None,
+) -> int:
+    """Write a live instance's events in the replay format until SIGINT/SIGTERM or ``count``."""
+    log = make_logger(err, settings.log.format, settings.log.level)
+    stop = threading.Event()
+    downstream = RecordDownstream(out, log, stop, count)
+    source = source_factory(SelfMetrics(CollectorRegistry()), log)
+    previous = _install_signals(stop)
+    try:
+        source.run(downstream, stop)
+    except SourceUnavailable as error:
+        log.error("source.unavailable", error=str(error))
+        return EX_UNAVAILABLE
+    finally:
+        _restore_signals(previous)
+    log.info("fluxmon.stop", events=downstream.events_written, jobs=downstream.jobs_finished)
+    return EX_OK
+
+
 def serve(
     settings: Settings,
-    source: Source,
+    source: Source | Callable[[Parts], Source],
     *,
     mode: str,
     log_stream: IO[str],
@@ -116,6 +187,8 @@ def serve(
     """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``)."""
     parts = build(settings, log_stream, clock=clock)
     log, pipeline = parts.log, parts.pipeline
+    if callable(source):
+        source = source(parts)
     stop = stop or threading.Event()
     http = settings.http
     server = MetricsServer(
@@ -151,6 +224,9 @@ def serve(
     def run_source() -> None:
         try:
             source.run(pipeline, stop)
+        except SourceUnavailable as error:
+            crashed.append(error)
+            log.error("source.unavailable", error=str(error))
         except Exception as error:  # noqa: BLE001 - reported, then the daemon exits non-zero
             crashed.append(error)
             log.exception("source.failed", error=f"{type(error).__name__}: {error}")
@@ -189,7 +265,9 @@ def serve(
             tracked_jobs=len(parts.tracker.jobs),
             error=f"{type(crashed[0]).__name__}: {crashed[0]}" if crashed else None,
         )
-    return EX_SOFTWARE if crashed else EX_OK
+    if crashed:
+        return EX_UNAVAILABLE if isinstance(crashed[0], SourceUnavailable) else EX_SOFTWARE
+    return EX_OK
 
 
 def _status(pipeline: Pipeline, rate: float) -> str:

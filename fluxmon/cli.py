@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fluxmon import __version__
 
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from fluxmon.config import Settings
+    from fluxmon.metrics import SelfMetrics
+
 EX_USAGE: Final = 2
+EX_UNAVAILABLE: Final = 69
 EX_CONFIG: Final = 78
 
 
@@ -41,6 +49,17 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"fluxmon {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the daemon against a Flux instance")
+    run.add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    run.add_argument("--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)")
+    run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
+
+    rec = sub.add_parser("record", help="write a live instance's events in the replay format")
+    rec.add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    rec.add_argument("--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)")
+    rec.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    rec.add_argument("--count", type=int, help="stop after N jobs finish")
 
     demo = sub.add_parser("demo", help="serve metrics of a built-in simulated Flux workload")
     demo.add_argument("-c", "--config", help="TOML config file (all keys optional)")
@@ -75,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "replay":
         return app.replay(args.files, settings, sys.stdout, sys.stderr)
+    if args.command in ("run", "record"):
+        return _flux_command(args, settings)
     if args.listen is not None:
         settings = dataclasses.replace(
             settings, http=dataclasses.replace(settings.http, listen=args.listen)
@@ -85,6 +106,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = DemoSource(rate=args.rate, seed=args.seed)
         return app.serve(settings, source, mode="demo", log_stream=sys.stdout)
     return EX_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``run`` and ``record``: the commands that need the Flux bindings."""
+    from fluxmon import app
+    from fluxmon.sources.flux import FluxBindings, FluxSource, FluxUnavailable, resolve_uri
+
+    try:
+        bindings = FluxBindings()
+    except FluxUnavailable as err:
+        print(f"fluxmon: {err}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    uri = resolve_uri(args.uri or settings.flux.uri, os.environ)
+
+    def source(stats: SelfMetrics, log: FilteringBoundLogger) -> FluxSource:
+        return FluxSource(settings.flux, uri=uri, bindings=bindings, stats=stats, log=log)
+
+    if args.command == "record":
+        if args.output == "-":
+            return app.record(source, settings, sys.stdout, sys.stderr, count=args.count)
+        with open(args.output, "a", encoding="utf-8") as out:
+            return app.record(source, settings, out, sys.stderr, count=args.count)
+    if args.listen is not None:
+        settings = dataclasses.replace(
+            settings, http=dataclasses.replace(settings.http, listen=args.listen)
+        )
+    return app.serve(
+        settings,
+        lambda parts: source(parts.self_metrics, parts.log),
+        mode="run",
+        log_stream=sys.stdout,
+    )
 
 
 if __name__ == "__main__":

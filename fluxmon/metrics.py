@@ -209,6 +209,18 @@ class SelfMetrics:
             registry=registry,
         )
 
+    def watch_opened(self, eventlog: str) -> None:
+        """A per-job watch was opened (``WatchStats``)."""
+        self.watches.labels(EVENTLOG_LABEL.get(eventlog, OTHER)).inc()
+
+    def watch_closed(self, eventlog: str) -> None:
+        """A per-job watch ended (``WatchStats``)."""
+        self.watches.labels(EVENTLOG_LABEL.get(eventlog, OTHER)).dec()
+
+    def watch_failed(self, errno_name: str) -> None:
+        """A per-job watch failed (``WatchStats``)."""
+        self.watch_errors.labels(errno_name).inc()
+
     def set_flux_version(self, version: str) -> None:
         """Record the flux-core version once the source knows it."""
         self.build_info.remove(*self._build_labels)

@@ -8,7 +8,7 @@ events is applied under one acquisition, and a scrape's snapshot is taken under 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from structlog.typing import FilteringBoundLogger
 
@@ -78,14 +78,16 @@ class Pipeline:
                 if type(ts) is float:
                     observe(max(now - ts, 0.0))
 
-    def connected(self, detail: str) -> None:
+    def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """Mark the stream live and log it."""
+        if flux_version is not None:
+            self._self.set_flux_version(flux_version)
         if self._ever_connected:
             self._self.reconnects.inc()
         self._ever_connected = True
         self._connected = True
         self._self.connected.set(1)
-        self._log.info("source.connected", detail=detail)
+        self._log.info("source.connected", detail=detail, flux_version=flux_version)
 
     def disconnected(self, error: str) -> None:
         """Mark the stream down (and not ready) and log why."""
@@ -114,6 +116,15 @@ class Pipeline:
         """Count and log input that never became an event."""
         with self._lock:
             self.tracker.report_rejection(reason, detail)
+
+    def forget(self, jobids: Iterable[int], reason: str) -> None:
+        """Drop jobs that vanished while the source was away, logging each."""
+        with self._lock:
+            gone = [job for job in map(self.tracker.forget, jobids) if job is not None]
+        for job in gone:
+            self._log.warning(
+                "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
+            )
 
     # -- reads from other threads -------------------------------------------------------
 

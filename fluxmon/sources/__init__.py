@@ -8,10 +8,14 @@ is thread-safe.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from fluxmon.events import JobEvent
+
+
+class SourceUnavailable(Exception):
+    """The source's input cannot be reached at start (the daemon exits 69)."""
 
 
 class Downstream(Protocol):
@@ -20,7 +24,7 @@ class Downstream(Protocol):
     def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
         """Apply events in order; ``live=False`` for history being replayed on connect."""
 
-    def connected(self, detail: str) -> None:
+    def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """The source is connected (``detail`` says to what, and in which mode)."""
 
     def disconnected(self, error: str) -> None:
@@ -31,6 +35,22 @@ class Downstream(Protocol):
 
     def reject_input(self, reason: str, detail: str) -> None:
         """Input that never became an event (a bad line, a bad payload) was refused."""
+
+    def forget(self, jobids: Iterable[int], reason: str) -> None:
+        """Drop jobs that vanished while the source was away (purged, instance restarted)."""
+
+
+class WatchStats(Protocol):
+    """What a source with per-job watches reports about them."""
+
+    def watch_opened(self, eventlog: str) -> None:
+        """A per-job watch on ``eventlog`` was opened."""
+
+    def watch_closed(self, eventlog: str) -> None:
+        """A per-job watch on ``eventlog`` ended or was cancelled."""
+
+    def watch_failed(self, errno_name: str) -> None:
+        """A per-job watch failed with ``errno_name`` (e.g. ENOENT, EPERM, or limit)."""
 
 
 class Source(Protocol):
