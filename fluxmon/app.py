@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, Final
+from typing import IO, Final, TextIO
 
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.typing import FilteringBoundLogger
@@ -60,9 +60,7 @@ class Parts:
     log: FilteringBoundLogger
 
 
-def build(
-    settings: Settings, log_stream: IO[str], *, clock: Callable[[], float] | None
-) -> Parts:
+def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
     """Assemble the pipeline from settings; ``clock`` measures event lag (None: off)."""
     log = make_logger(log_stream, settings.log.format, settings.log.level)
     registry = CollectorRegistry(auto_describe=False)
@@ -86,7 +84,7 @@ def build(
     return Parts(registry, tracker, pipeline, self_metrics, log)
 
 
-def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: IO[str]) -> int:
+def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: TextIO) -> int:
     """Replay files through the pipeline; print the final exposition; 65 if input was refused."""
     parts = build(settings, err, clock=None)
     source = ReplaySource(paths)
@@ -152,7 +150,7 @@ def record(
     source_factory: Callable[[SelfMetrics, FilteringBoundLogger], Source],
     settings: Settings,
     out: IO[str],
-    err: IO[str],
+    err: TextIO,
     *,
     count: int | None = None,
 ) -> int:
@@ -178,7 +176,7 @@ def serve(
     source: Source | Callable[[Parts], Source],
     *,
     mode: str,
-    log_stream: IO[str],
+    log_stream: TextIO,
     environ: Mapping[str, str] = os.environ,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
@@ -227,7 +225,7 @@ def serve(
         except SourceUnavailable as error:
             crashed.append(error)
             log.error("source.unavailable", error=str(error))
-        except Exception as error:  # noqa: BLE001 - reported, then the daemon exits non-zero
+        except Exception as error:
             crashed.append(error)
             log.exception("source.failed", error=f"{type(error).__name__}: {error}")
         finally:

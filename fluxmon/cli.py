@@ -52,12 +52,16 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the daemon against a Flux instance")
     run.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    run.add_argument("--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)")
+    run.add_argument(
+        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+    )
     run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
 
     rec = sub.add_parser("record", help="write a live instance's events in the replay format")
     rec.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    rec.add_argument("--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)")
+    rec.add_argument(
+        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+    )
     rec.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     rec.add_argument("--count", type=int, help="stop after N jobs finish")
 

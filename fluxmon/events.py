@@ -67,6 +67,8 @@ MAX_JOBID: Final = 2**64 - 1
 
 def f58(jobid: int) -> str:
     """Encode a jobid in f58 with the plain-ASCII ``f`` prefix (``f2ZMTeo5R``)."""
+    if not 0 <= jobid <= MAX_JOBID:
+        raise ValueError(f"jobid {jobid} is outside 0..2**64-1")
     if jobid == 0:
         return "f1"
     digits = []
@@ -100,6 +102,4 @@ def parse_jobid(value: object) -> int:
                         raise ValueError(f"jobid {value!r}: {char!r} is not an f58 digit")
                     number = number * 58 + digit
                 return parse_jobid(number)
-    raise ValueError(
-        f"jobid must be an integer or an f58 string like 'f2ZMTeo5R', not {value!r}"
-    )
+    raise ValueError(f"jobid must be an integer or an f58 string like 'f2ZMTeo5R', not {value!r}")

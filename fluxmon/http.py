@@ -130,7 +130,7 @@ class _BasicAuth:
 
     def __init__(self, users: Mapping[str, str]) -> None:
         try:
-            import bcrypt  # noqa: PLC0415 -- optional dependency, only needed with auth
+            import bcrypt
         except ImportError as exc:
             msg = "basic auth needs the bcrypt package: pip install 'fluxmon[auth]'"
             raise RuntimeError(msg) from exc

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import EVENTLOG_LABEL, STATES, JobEvent, f58
+from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, STATES, JobEvent, f58
 from fluxmon.tracker import Job, NullSink
 
 LogFormat = Literal["logfmt", "json"]
@@ -27,7 +27,9 @@ _TIME_KEYS: Final = ("t_submit", "t_depend", "t_priority", "t_sched", "t_alloc",
 MAX_INPUT_CHARS: Final = 2000
 
 
-def make_logger(stream: IO[str], fmt: LogFormat = "logfmt", level: str = "info") -> FilteringBoundLogger:
+def make_logger(
+    stream: TextIO, fmt: LogFormat = "logfmt", level: str = "info"
+) -> FilteringBoundLogger:
     """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
     renderer: structlog.typing.Processor
     if fmt == "json":
@@ -64,8 +66,8 @@ def flatten_context(context: Mapping[str, Any]) -> dict[str, object]:
     """The event context as ``ctx_<key>`` fields (keys made logfmt-safe)."""
     out: dict[str, object] = {}
     for key, value in context.items():
-        safe = key if isinstance(key, str) and key.isidentifier() else _KEY_UNSAFE.sub(
-            "_", str(key)
+        safe = (
+            key if isinstance(key, str) and key.isidentifier() else _KEY_UNSAFE.sub("_", str(key))
         )
         out["ctx_" + safe] = _scalar(value)
     return out
@@ -131,7 +133,7 @@ class LogSink(NullSink):
         fields: dict[str, object] = {"reason": reason, "detail": detail}
         if event is not None:
             jobid = event.jobid
-            if isinstance(jobid, int) and not isinstance(jobid, bool) and jobid >= 0:
+            if type(jobid) is int and 0 <= jobid <= MAX_JOBID:
                 fields["jobid"] = f58(jobid)
                 fields["id"] = jobid
             fields["input"] = _scalar(

@@ -28,7 +28,7 @@ from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 # No ``_created`` series anywhere (the design's contract); this is prometheus_client's
 # public switch and it is process-wide by nature.
-_disable_created_metrics()
+_disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OTHER: Final = "other"
 #: Open-ended labels whose distinct values are capped.
@@ -416,9 +416,7 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """Yield the gauges from one consistent snapshot."""
         counts, queues, tracked = self._snapshot()
-        jobs = GaugeMetricFamily(
-            "flux_jobs", "Jobs now in each state.", labels=["queue", "state"]
-        )
+        jobs = GaugeMetricFamily("flux_jobs", "Jobs now in each state.", labels=["queue", "state"])
         oldest = GaugeMetricFamily(
             "flux_jobs_oldest_state_entry_timestamp_seconds",
             "When the longest-waiting job in each state entered it.",

@@ -26,8 +26,9 @@ Each refusal reaches the sinks as ``event_rejected`` with a reason; nothing rais
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeGuard
 
 from fluxmon.events import (
     DEFAULT_QUEUE,
@@ -36,6 +37,7 @@ from fluxmon.events import (
     RANK,
     STATES,
     JobEvent,
+    MAX_JOBID,
     JobState,
     Result,
     f58,
@@ -45,6 +47,7 @@ from fluxmon.events import (
 REJECT_REASONS: Final = (
     "malformed",
     "unknown_job",
+    "after_inactive",
     "duplicate",
     "out_of_order",
     "invalid_transition",
@@ -70,6 +73,8 @@ _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "epilog-finish": ("epilog", False),
 }
 _NEW_RANK: Final = RANK["NEW"]
+#: Finished jobs remembered so a repeated final event reads as a duplicate, not unknown.
+RECENT_FINISHED: Final = 4096
 
 
 class Job:
@@ -353,7 +358,7 @@ def _nodes_of_R(R: Mapping[str, Any]) -> int | None:
     return total
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -363,6 +368,7 @@ class Tracker:
     def __init__(self, sinks: Sequence[Sink] = ()) -> None:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self.jobs: dict[int, Job] = {}
+        self._finished: OrderedDict[int, None] = OrderedDict()
         #: Refusals so far by reason (the sinks see each one; this is for summaries).
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
 
@@ -382,6 +388,7 @@ class Tracker:
             if (
                 type(name) is not str
                 or type(jobid) is not int
+                or not 0 <= jobid <= MAX_JOBID
                 or type(ts) not in (float, int)
                 or not math.isfinite(ts)
                 or not isinstance(context, Mapping)
@@ -392,6 +399,12 @@ class Tracker:
                 return True
             job = self.jobs.get(jobid)
             if job is None:
+                if jobid in self._finished:
+                    if event.eventlog == MAIN:
+                        return self._reject("duplicate", f"{name} after the job's clean", event)
+                    return self._reject(
+                        "after_inactive", f"exec event {name} after the job's clean", event
+                    )
                 if name == "submit" and event.eventlog == MAIN:
                     return self._submit(event, live)
                 return self._reject("unknown_job", f"{name} for a job with no submit", event)
@@ -402,8 +415,7 @@ class Tracker:
                 if ts < job.last_main_ts:
                     return self._reject(
                         "out_of_order",
-                        f"{name} at {ts} is older than the job's last event at "
-                        f"{job.last_main_ts}",
+                        f"{name} at {ts} is older than the job's last event at {job.last_main_ts}",
                         event,
                     )
                 accepted = self._main(job, event, live)
@@ -417,13 +429,15 @@ class Tracker:
             if live:
                 for sink in self.sinks:
                     sink.job_event(job, event)
-            if job.state == "INACTIVE":
+            if job.state == "INACTIVE" or name == "invalidate":
                 del self.jobs[jobid]
-                if live:
+                finished = self._finished
+                finished[jobid] = None
+                if len(finished) > RECENT_FINISHED:
+                    finished.popitem(last=False)
+                if live and job.state == "INACTIVE":
                     for sink in self.sinks:
                         sink.job_finished(job)
-            elif name == "invalidate":
-                del self.jobs[jobid]
             return True
         except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
             # Every shape check above should make this unreachable; it is the last
@@ -545,11 +559,10 @@ class Tracker:
                     return self._reject("duplicate", "a second finish", event)
                 job.status = status
                 job.success = status == 0 and job.exc_severity != 0
-            elif name == "alloc":
-                if event.R is not None and isinstance(event.R, Mapping):
-                    nodes = _nodes_of_R(event.R)
-                    if nodes is not None:
-                        job.nnodes = nodes
+            elif name == "alloc" and isinstance(event.R, Mapping):
+                nodes = _nodes_of_R(event.R)
+                if nodes is not None:
+                    job.nnodes = nodes
             if not self._advance(job, advance, event, live):
                 return False
             if name == "alloc" and job.t_alloc is None:

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROW = re.compile(r"^\| (?P<prefix>[\w-]+) \| .* \| \S+ / (?P<id>\d+) \| (?P<result>[A-Z]+) (?P<rc>-?\d+)")
+ROW = re.compile(
+    r"^\| (?P<prefix>[\w-]+) \| .* \| \S+ / (?P<id>\d+) \| (?P<result>[A-Z]+) (?P<rc>-?\d+)"
+)
 
 
 def scenario_table(readme: str) -> dict[str, dict[str, Any]]:
@@ -50,7 +52,13 @@ def convert_scenario(src: Path, prefix: str, jobid: int) -> list[str]:
             line["jobspec"] = jobspec
         rows.append((entry["timestamp"], order, line))
     for order, entry in enumerate(execs):
-        rows.append((entry["timestamp"], 1000 + order, {"id": jobid, "eventlog": "guest.exec.eventlog", **entry}))
+        rows.append(
+            (
+                entry["timestamp"],
+                1000 + order,
+                {"id": jobid, "eventlog": "guest.exec.eventlog", **entry},
+            )
+        )
     # Main events are already in timestamp order; exec events are slotted in by time.
     rows.sort(key=lambda row: (row[0], row[1]))
     return [json.dumps(line, separators=(",", ":")) for _, _, line in rows]
@@ -87,7 +95,9 @@ def main(argv: list[str]) -> int:
         (dest / "scenarios" / f"{prefix}.jsonl").write_text("\n".join(lines) + "\n")
         expected[prefix] = row
     (dest / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
-    (dest / "journal.replay.jsonl").write_text("\n".join(convert_journal(src / "journal.jsonl")) + "\n")
+    (dest / "journal.replay.jsonl").write_text(
+        "\n".join(convert_journal(src / "journal.jsonl")) + "\n"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ TIME_KEYS = ("t_submit", "t_run", "t_cleanup", "t_inactive")
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_scenario_record_matches_flux_jobs(path, replay: Callable[..., Replayed]) -> None:
+def test_scenario_record_matches_flux_jobs(path: Path, replay: Callable[..., Replayed]) -> None:
     """Each recorded job's job.finished record agrees with flux jobs to the millisecond."""
     out = replay([path])
     (record,) = out.records("job.finished")
@@ -44,12 +45,10 @@ def test_scenario_record_matches_flux_jobs(path, replay: Callable[..., Replayed]
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_scenario_counts_every_eventlog_line(path, replay: Callable[..., Replayed]) -> None:
+def test_scenario_counts_every_eventlog_line(path: Path, replay: Callable[..., Replayed]) -> None:
     """flux_job_events_total counts each line of the job's main and exec eventlogs once."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by_key = Counter(
-        ("main" if e["eventlog"] == "eventlog" else "exec", e["name"]) for e in lines
-    )
+    by_key = Counter(("main" if e["eventlog"] == "eventlog" else "exec", e["name"]) for e in lines)
     out = replay([path])
     queue = out.records("job.finished")[0]["queue"]
     for (eventlog, name), count in by_key.items():
@@ -74,9 +73,7 @@ def test_all_scenarios_metrics_agree_with_records(replay: Callable[..., Replayed
         runtimes = [r["runtime"] for r in ran if (r["queue"], r["result"]) == (queue, result)]
         labels = {"queue": queue, "result": result}
         assert out.sample("flux_job_runtime_seconds_count", **labels) == len(runtimes)
-        assert out.sample("flux_job_runtime_seconds_sum", **labels) == pytest.approx(
-            sum(runtimes)
-        )
+        assert out.sample("flux_job_runtime_seconds_sum", **labels) == pytest.approx(sum(runtimes))
     # The never-run canceled job is finished but neither exited nor timed.
     canceled = [r for r in records if r["returncode"] == -128]
     assert len(canceled) == 1
@@ -100,7 +97,7 @@ def test_queue_from_jobspec(replay: Callable[..., Replayed]) -> None:
     assert queues[want["j1-queue-debug"]["id"]] == "debug"
     assert queues[want["j2-queue-default-batch"]["id"]] == "batch"
     assert queues[want["a-success"]["id"]] == "default"
-    debug = [r for r in out.records("job.finished") if r["queue"] == "debug"][0]
+    debug = next(r for r in out.records("job.finished") if r["queue"] == "debug")
     assert debug["duration_limit"] == 60.0
     assert out.sample("flux_job_walltime_used_ratio_count", queue="debug") == 1
 
@@ -121,9 +118,7 @@ def test_nonfatal_exception_does_not_fail_the_job(replay: Callable[..., Replayed
     (record,) = out.records("job.finished")
     assert record["result"] == "completed"
     assert record["exception_type"] == "test"
-    assert out.sample(
-        "flux_job_exceptions_total", queue="default", type="test", severity="1"
-    ) == 1
+    assert out.sample("flux_job_exceptions_total", queue="default", type="test", severity="1") == 1
 
 
 def test_journal_replay(replay: Callable[..., Replayed]) -> None:

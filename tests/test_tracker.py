@@ -67,7 +67,9 @@ def test_lifecycle_states_and_durations() -> None:
     assert [s for _, s, _ in sink.left] == ["DEPEND", "PRIORITY", "SCHED", "RUN", "CLEANUP"]
     assert dict((s, d) for _, s, d in sink.left)["RUN"] == pytest.approx(2.0)
     assert job.queue_wait == pytest.approx(0.53)
-    assert ("queue" in {k for _, k, _ in sink.waits}) and ("launch" in {k for _, k, _ in sink.waits})
+    kinds = {k for _, k, _ in sink.waits}
+    assert "queue" in kinds
+    assert "launch" in kinds
 
 
 def test_priority_and_sched_can_be_entered_twice() -> None:
@@ -92,7 +94,8 @@ def test_priority_inside_sched_is_reprioritisation() -> None:
 
 def test_held_time_is_counted_in_sched() -> None:
     """A held job (priority 0) waits in SCHED, and its held time is kept apart."""
-    events = head()[:3] + [
+    events = [
+        *head()[:3],
         ev(1, "priority", 100.03, priority=0),
         ev(1, "urgency", 110.0, urgency=16, userid=5),
         ev(1, "priority", 110.01, priority=16),
@@ -184,7 +187,8 @@ def test_history_rebuilds_state_silently() -> None:
     events = lifecycle(3, 50.0)
     tracker, sink = run(*events[:5], live=False)
     assert tracker.jobs[3].state == "RUN"
-    assert sink.events == [] and sink.left == []
+    assert sink.events == []
+    assert sink.left == []
     for event in events[5:]:
         tracker.apply(event)
     (job,) = sink.finished
@@ -194,7 +198,7 @@ def test_history_rebuilds_state_silently() -> None:
 
 def test_exec_events_out_of_order_are_fine() -> None:
     """Exec eventlog timestamps come from other hosts and need not be ordered."""
-    tracker, sink = run(
+    _, sink = run(
         *head(),
         ev(1, "alloc", 101.0),
         ev(1, "shell.init", 101.5, EXEC),
@@ -247,7 +251,8 @@ def test_refusals(bad: JobEvent, reason: str) -> None:
     accepted = tracker.apply(bad)
     if bad.name == "validate" and bad.jobid == 1:
         # A repeated once-only state is accepted as a no-op, like job-list does.
-        assert accepted and sink.rejected == []
+        assert accepted
+        assert sink.rejected == []
         return
     assert not accepted
     assert [r for r, _, _ in sink.rejected] == [reason]
@@ -258,7 +263,7 @@ def test_refusals(bad: JobEvent, reason: str) -> None:
 
 def test_backward_transition_is_refused() -> None:
     """An event that would send a job back to an earlier state is refused."""
-    events = head() + [ev(1, "alloc", 101.0), ev(1, "finish", 102.0, status=0)]
+    events = [*head(), ev(1, "alloc", 101.0), ev(1, "finish", 102.0, status=0)]
     events = [e for e in events if e.name != "depend"]
     tracker, sink = run(*events)
     assert not tracker.apply(ev(1, "depend", 102.5))

@@ -24,6 +24,7 @@ new history does not mention are forgotten (purged, or the instance restarted).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
 import threading
@@ -177,9 +178,7 @@ class FluxBindings:
 
     def timer(self, handle: Any, interval: float, callback: Callable[[], None]) -> Any:
         """A repeating reactor timer."""
-        watcher = handle.timer_watcher_create(
-            interval, lambda *_: callback(), repeat=interval
-        )
+        watcher = handle.timer_watcher_create(interval, lambda *_: callback(), repeat=interval)
         watcher.start()
         return watcher
 
@@ -263,11 +262,12 @@ class FluxSource:
             finally:
                 session.close()
                 self.bindings.close(handle)
-                del session, handle
+            caught_up = session.caught_up
+            del session, handle  # the bindings close a handle with its last reference
             if stop.is_set():
                 return
             downstream.disconnected(reason)
-            if session.caught_up:
+            if caught_up:
                 backoff = self.settings.reconnect_min
             stop.wait(self._jitter(backoff))
             backoff = min(backoff * 2, self.settings.reconnect_max)
@@ -321,9 +321,7 @@ class _Session:
         if self.mode == "journal":
             self._start_journal()
         else:
-            self._start_watch_mode(
-                "watch mode: configured (flux.mode = \"watch\")"
-            )
+            self._start_watch_mode('watch mode: configured (flux.mode = "watch")')
         try:
             b.run(self.h)
         except OSError as err:
@@ -335,10 +333,8 @@ class _Session:
         for (jobid, eventlog), future in list(self.watches.items()):
             self._close_watch(jobid, eventlog, future)
         if self.timer is not None:
-            try:
+            with contextlib.suppress(OSError, AttributeError):
                 self.timer.stop()
-            except (OSError, AttributeError):
-                pass
 
     def _lose(self, reason: str) -> None:
         """The connection is gone: remember why and leave the reactor."""
@@ -352,8 +348,10 @@ class _Session:
         def guarded(*args: Any) -> None:
             try:
                 callback(*args)
-            except Exception as err:  # noqa: BLE001 - an escape would stop the reactor
-                self.src.log.exception("source.callback_failed", error=f"{type(err).__name__}: {err}")
+            except Exception as err:
+                self.src.log.exception(
+                    "source.callback_failed", error=f"{type(err).__name__}: {err}"
+                )
 
         return guarded
 
@@ -393,7 +391,9 @@ class _Session:
             )
         self.journal_responses += 1
         if not isinstance(resp, dict):
-            self.down.reject_input("malformed", f"journal response is not an object: {resp!r}"[:300])
+            self.down.reject_input(
+                "malformed", f"journal response is not an object: {resp!r}"[:300]
+            )
             return
         jobid = resp.get("id")
         events = resp.get("events")
@@ -401,7 +401,9 @@ class _Session:
             self._sentinel()
             return
         if type(jobid) is not int or jobid < 0 or not isinstance(events, list):
-            self.down.reject_input("malformed", f"journal response without id/events: {resp!r}"[:300])
+            self.down.reject_input(
+                "malformed", f"journal response without id/events: {resp!r}"[:300]
+            )
             return
         batch = []
         for entry in events:
@@ -506,11 +508,11 @@ class _Session:
             if when < horizon:
                 del mem.done[jobid]
         for job in self.poll_jobs:
-            jobid = job.get("id")
-            if type(jobid) is not int or jobid in mem.done:
+            found = job.get("id")
+            if type(found) is not int or found in mem.done:
                 continue
-            if (jobid, MAIN) not in self.watches:
-                self._open_watch(jobid, MAIN)
+            if (found, MAIN) not in self.watches:
+                self._open_watch(found, MAIN)
         if not self.caught_up:
             self.caught_up = True
             self.down.caught_up()
@@ -545,10 +547,8 @@ class _Session:
         if self.watches.pop((jobid, eventlog), None) is None:
             return
         self.src.stats.watch_closed(eventlog)
-        try:
+        with contextlib.suppress(OSError):
             future.cancel(stop=True)
-        except OSError:
-            pass
 
     def _on_watch(self, jobid: int, eventlog: str, future: WatchFuture) -> None:
         if (jobid, eventlog) not in self.watches:
@@ -617,8 +617,7 @@ class _Session:
                 if event.timestamp <= mem.main_last.get(jobid, -1.0):
                     continue  # re-read after a reconnect: already delivered
                 mem.main_last[jobid] = event.timestamp
-            if event.timestamp > mem.since:
-                mem.since = event.timestamp
+            mem.since = max(mem.since, event.timestamp)
             name = event.name
             if name == "submit":
                 mem.active.add(jobid)
@@ -658,4 +657,3 @@ class _Session:
         mem.running.discard(jobid)
         mem.exec_seen.pop(jobid, None)
         mem.main_last.pop(jobid, None)
-

@@ -127,9 +127,7 @@ class ReplaySource:
                         downstream.events(batch)
                         batch = []
                         self.rejected += 1
-                        downstream.reject_input(
-                            "malformed", f"{os.fspath(path)}:{lineno}: {item}"
-                        )
+                        downstream.reject_input("malformed", f"{os.fspath(path)}:{lineno}: {item}")
                         continue
                     batch.append(item)
                     if len(batch) >= BATCH:

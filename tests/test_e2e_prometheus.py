@@ -1,0 +1,264 @@
+"""End to end: a real Prometheus scrapes `fluxmon demo`; every dashboard and rule query answers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.promtool
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "grafana" / "fluxmon-dashboard.json"
+RULES = ROOT / "prometheus" / "fluxmon-rules.yml"
+PROMETHEUS = shutil.which("prometheus")
+
+#: How long Prometheus scrapes the demo before the queries (the whole test stays under 90 s).
+SCRAPE_SECONDS = 45.0
+#: Grafana's variables, as Grafana would expand them for "All queues, last hour".
+VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval_ms": "15000",
+    "$__interval": "15s",
+    "$__range_ms": "3600000",
+    "$__range_s": "3600",
+    "$__range": "1h",
+    "${queue}": ".*",
+    "$queue": ".*",
+}
+F58 = re.compile(r"^f[1-9A-HJ-NP-Za-km-z]+$")
+
+
+def _free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url``; return status and body (HTTP errors included, not raised)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status: int = response.status
+            return status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until ``url`` answers 200, failing early with the log tail if ``proc`` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            if _get(url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} not ready after {timeout} s:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for failure messages."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a child process, killing it if it ignores SIGTERM."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class PromAPI:
+    """The few Prometheus HTTP API calls the test needs."""
+
+    def __init__(self, base: str) -> None:
+        """Talk to the Prometheus server at ``base`` (``http://host:port``)."""
+        self.base = base
+
+    def call(self, path: str, **params: str) -> Any:
+        """GET an API path; return the ``data`` member, or raise with Prometheus' error."""
+        status, body = _get(f"{self.base}{path}?{urllib.parse.urlencode(params)}")
+        payload = json.loads(body)
+        if status != 200 or payload.get("status") != "success":
+            raise AssertionError(f"{path} {params}: HTTP {status}: {payload.get('error', body)}")
+        return payload["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Evaluate ``expr`` now; return the result vector (or a one-element list for a scalar)."""
+        data = self.call("/api/v1/query", query=expr)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"value": data["result"]}]
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+
+def _substitute(expr: str) -> str:
+    """Expand Grafana's variables in a panel query."""
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"unsubstituted variable in {expr!r}"
+    return expr
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel of the dashboard, including those inside collapsed rows."""
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromAPI]:
+    """A Prometheus server that has scraped `fluxmon demo --rate 50` for SCRAPE_SECONDS."""
+    if PROMETHEUS is None:
+        pytest.skip("the prometheus server binary is not installed (Debian package: prometheus)")
+    tmp = tmp_path_factory.mktemp("e2e")
+    demo_port, prom_port = _free_port(), _free_port()
+    demo_log, prom_log = tmp / "fluxmon.log", tmp / "prometheus.log"
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": "fluxmon", "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}]}
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    demo: subprocess.Popen[bytes] | None = None
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        with demo_log.open("wb") as out:
+            demo = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "fluxmon", "demo"),
+                    *("--listen", f"127.0.0.1:{demo_port}", "--rate", "50", "--seed", "1"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        with prom_log.open("wb") as out:
+            server = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--enable-feature=exemplar-storage",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_for(f"http://127.0.0.1:{demo_port}/readyz", demo, demo_log, 20)
+        _wait_for(f"http://127.0.0.1:{prom_port}/-/ready", server, prom_log, 20)
+        api = PromAPI(f"http://127.0.0.1:{prom_port}")
+        deadline = time.monotonic() + SCRAPE_SECONDS
+        while time.monotonic() < deadline:
+            for proc, log in ((demo, demo_log), (server, prom_log)):
+                if proc.poll() is not None:
+                    pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
+            time.sleep(1)
+        up = api.query('up{job="fluxmon"}')
+        assert [s["value"][1] for s in up] == ["1"], f"fluxmon not scraped: {up}"
+        yield api
+    finally:
+        _stop(demo)
+        _stop(server)
+
+
+def test_queue_variable_lists_the_demo_queues(prometheus: PromAPI) -> None:
+    """The dashboard's $queue variable query (label_values of the submit counter) finds queues."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = (v for v in dashboard["templating"]["list"] if v["name"] == "queue")
+    match = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"])
+    assert match, variable["definition"]
+    values = prometheus.call("/api/v1/label/queue/values", **{"match[]": match.group(1)})
+    assert values, "no queue values"
+
+
+def test_every_dashboard_panel_query_returns_data(prometheus: PromAPI) -> None:
+    """Each panel's queries (variables expanded, all queues) return data; failures name panels."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    failures = []
+    checked = 0
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            expr = _substitute(target["expr"])
+            checked += 1
+            try:
+                if not prometheus.query(expr):
+                    failures.append(f"{panel['title']!r} [{target['refId']}]: no data: {expr}")
+            except AssertionError as error:
+                failures.append(f"{panel['title']!r} [{target['refId']}]: {error}")
+    assert checked >= 20
+    assert not failures, "\n".join(failures)
+
+
+def test_every_rule_loads_and_its_expression_evaluates(prometheus: PromAPI) -> None:
+    """Prometheus loaded every rule healthy; recording exprs return data, alert exprs evaluate."""
+    groups = prometheus.call("/api/v1/rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    failures = []
+    for rule in rules:
+        name = rule["name"]
+        if rule["health"] == "err":
+            failures.append(f"{name}: rule health err: {rule.get('lastError')}")
+        try:
+            result = prometheus.query(rule["query"])
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+            continue
+        if rule["type"] == "recording" and not result:
+            failures.append(f"{name}: recording rule returns no data: {rule['query']}")
+    assert {r["name"] for r in rules if r["type"] == "alerting"} >= {
+        "FluxmonDown",
+        "FluxmonLagging",
+        "FluxJobFailureRatioHigh",
+    }
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "alert", ["FluxmonDown", "FluxmonDisconnected", "FluxmonNotReady", "FluxmonEventErrors"]
+)
+def test_health_alerts_are_quiet_for_a_healthy_demo(prometheus: PromAPI, alert: str) -> None:
+    """Against a healthy, connected, caught-up demo the fluxmon health alerts do not match."""
+    groups = prometheus.call("/api/v1/rules")["groups"]
+    (rule,) = (r for g in groups for r in g["rules"] if r["name"] == alert)
+    assert prometheus.query(rule["query"]) == []
+
+
+def test_queue_wait_exemplars_carry_jobids(prometheus: PromAPI) -> None:
+    """The queue-wait histogram's exemplars reach Prometheus with an f58 jobid label."""
+    now = time.time()
+    data = prometheus.call(
+        "/api/v1/query_exemplars",
+        query="flux_job_queue_wait_seconds_bucket",
+        start=str(now - 600),
+        end=str(now),
+    )
+    jobids = [e["labels"].get("jobid", "") for series in data for e in series["exemplars"]]
+    assert jobids, "no exemplars stored"
+    assert all(F58.match(j) for j in jobids), jobids[:5]
