@@ -170,7 +170,7 @@ class FluxBindings:
         future: RPCFuture = self._flux.job.job_list(
             handle,
             max_entries=0,
-            attrs=["id", "state", "t_inactive"],
+            attrs=["state", "t_inactive"],
             userid=self._flux.constants.FLUX_USERID_UNKNOWN,
             since=since,
         )
@@ -471,6 +471,7 @@ class _Session:
         since = self.poll_since
         self.poll_started = self.src.clock()
         self.poll_jobs: list[Mapping[str, Any]] = []
+        self.poll_responses = 0
         try:
             future = self.src.bindings.job_list(self.h, since)
         except OSError as err:
@@ -480,23 +481,25 @@ class _Session:
         future.then(self._guard(self._on_poll))
 
     def _on_poll(self, future: RPCFuture) -> None:
+        if future is not self.poll_future:
+            return  # a finished poll's stream: nothing more to read from it
         try:
             resp = future.get()
         except OSError as err:
-            if err.errno != errno.ENODATA:
+            if err.errno == errno.ENODATA:
+                self._poll_done()
+            else:
                 self.poll_future = None
                 self._lose(f"job-list failed: {errno_name(err)} {err.strerror or ''}".strip())
-                return
-            resp = None
-        if resp is not None:
-            jobs = resp.get("jobs") if isinstance(resp, dict) else None
-            if isinstance(jobs, list):
-                self.poll_jobs.extend(j for j in jobs if isinstance(j, dict))
-            streaming = isinstance(resp, dict) and resp.get("version", 0) != 0
-            if streaming:
-                future.reset()
-                return
-        self._poll_done()
+            return
+        jobs = resp.get("jobs") if isinstance(resp, dict) else None
+        if isinstance(jobs, list):
+            self.poll_jobs.extend(j for j in jobs if isinstance(j, dict))
+        if self.poll_responses == 0 and not (isinstance(resp, dict) and resp.get("version")):
+            self._poll_done()  # version 0 of the protocol: one response, no stream
+            return
+        self.poll_responses += 1
+        future.reset()
 
     def _poll_done(self) -> None:
         mem = self.mem

@@ -1,0 +1,392 @@
+"""Replay throughput: how fast ``fluxmon replay`` turns recorded events into metrics and logs.
+
+Generates a large replay-format file (default 1,000,000 events: many interleaved jobs with
+realistic lifecycles, contexts, jobspecs and exec events, shaped like tests/data/scenarios)
+and measures, each in a fresh subprocess over the same file:
+
+1. ``json``    a bare loop that only ``json.loads`` every line (the floor);
+2. ``nolog``   the replay pipeline with per-event logs off (``log.events = "none"``);
+3. ``logfmt``  the replay pipeline with logfmt per-event logs written to a file.
+
+It prints events/s, peak RSS and the ratios (2)/(1) and (3)/(1). ``--profile`` also runs
+(2) under cProfile and prints the top 25 functions by total time.
+
+    python benchmarks/replay_throughput.py [--events 1000000] [--keep FILE] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import heapq
+import json
+import os
+import pstats
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+if TYPE_CHECKING:
+    from fluxmon.config import Settings
+
+MAIN: Final = "eventlog"
+EXEC: Final = "guest.exec.eventlog"
+MODES: Final = ("json", "nolog", "logfmt")
+LABELS: Final = {
+    "json": "json.loads only",
+    "nolog": "replay, job.event logs off",
+    "logfmt": "replay, logfmt job.event logs",
+}
+BASE_TS: Final = 1_795_880_016.6594446
+#: Seconds between job submissions; with lifecycles of seconds to minutes, hundreds overlap.
+SUBMIT_GAP: Final = 0.02
+
+Line = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+class Job:
+    """One job's events under construction, at increasing timestamps."""
+
+    def __init__(self, rng: random.Random, jobid: int, start: float) -> None:
+        self.rng = rng
+        self.jobid = jobid
+        self.ts = start
+        self.lines: list[tuple[float, Line]] = []
+
+    def emit(
+        self,
+        name: str,
+        context: dict[str, Any] | None = None,
+        *,
+        eventlog: str = MAIN,
+        gap: float = 0.005,
+        **extra: Any,
+    ) -> None:
+        """Append an event ``gap`` seconds (jittered) after the previous one."""
+        if self.lines:
+            self.ts += gap * self.rng.uniform(0.2, 2.0)
+        line: Line = {"id": self.jobid, "eventlog": eventlog, "timestamp": self.ts, "name": name}
+        if context:
+            line["context"] = context
+        line.update(extra)
+        self.lines.append((self.ts, line))
+
+
+def _jobspec(rng: random.Random, command: list[str], nnodes: int) -> dict[str, Any]:
+    slot = {"type": "slot", "count": 1, "with": [{"type": "core", "count": 1}], "label": "task"}
+    resources: list[dict[str, Any]] = (
+        [{"type": "node", "count": nnodes, "with": [slot]}] if nnodes > 1 else [slot]
+    )
+    system: dict[str, Any] = {
+        "duration": rng.choice([0, 0, 60.0, 3600.0]),
+        "cwd": "/tmp",
+        "shell": {
+            "options": {
+                "rlimit": {
+                    "cpu": -1, "fsize": -1, "data": -1, "stack": 8388608, "core": 0,
+                    "nofile": 20000, "as": -1, "rss": -1, "nproc": 96365,
+                }
+            }
+        },
+    }  # fmt: skip
+    queue = rng.choice([None, "batch", "batch", "debug"])
+    if queue is not None:
+        system["queue"] = queue
+    return {
+        "resources": resources,
+        "tasks": [{"command": command, "slot": "task", "count": {"per_slot": 1}}],
+        "attributes": {"system": system},
+        "version": 1,
+    }
+
+
+def _lifecycle(rng: random.Random, jobid: int, start: float) -> list[tuple[float, Line]]:
+    """A realistic mix: mostly successes, some failures, cancels, dependencies and holds."""
+    job = Job(rng, jobid, start)
+    kind = rng.choices(
+        ["ok", "exit", "signal", "cancel-pending", "cancel-running", "dep", "hold", "exec-fail"],
+        weights=[60, 10, 4, 5, 5, 8, 4, 4],
+    )[0]
+    nnodes = rng.choice([1, 1, 1, 2, 4])
+    status = {"exit": rng.randint(1, 3) << 8, "signal": 35072}.get(kind, 0)
+    command = ["sh", "-c", f"exit {status >> 8}"] if kind == "exit" else ["true"]
+    hold = kind == "hold" or (kind == "cancel-pending" and rng.random() < 0.5)
+    job.emit(
+        "submit",
+        {"userid": rng.choice([0, 1000, 1001]), "urgency": 0 if hold else 16, "flags": 0,
+         "version": 1},
+        jobspec=_jobspec(rng, command, nnodes),
+    )  # fmt: skip
+    described = {"description": f"after-success=f{rng.randrange(10**6, 10**7)}"}
+    if kind == "dep":
+        job.emit("dependency-add", described)
+    job.emit("validate", gap=0.012)
+    if kind == "dep":
+        job.emit("dependency-remove", described, gap=rng.uniform(1, 60))
+    job.emit("depend", gap=0.011)
+    job.emit("priority", {"priority": 0 if hold else 16}, gap=0.0001)
+    if kind == "cancel-pending":
+        job.emit(
+            "exception",
+            {"type": "cancel", "severity": 0, "note": "", "userid": 0},
+            gap=rng.uniform(0.1, 30),
+        )
+        job.emit("clean", gap=0.0001)
+        return job.lines
+    if kind == "hold":
+        job.emit("urgency", {"userid": 0, "urgency": 16}, gap=rng.uniform(1, 60))
+        job.emit("priority", {"priority": 16}, gap=0.0001)
+    ranks = "0" if nnodes == 1 else f"0-{nnodes - 1}"
+    job.emit(
+        "alloc",
+        {"annotations": {"sched": {"resource_summary": f"rank{ranks}/core0"}}},
+        gap=rng.uniform(0.002, 5),
+        R={
+            "version": 1,
+            "execution": {
+                "R_lite": [{"rank": ranks, "children": {"core": "0"}}],
+                "starttime": job.ts,
+                "expiration": 0.0,
+                "nslots": nnodes,
+                "nodelist": [f"node{i}" for i in range(nnodes)],
+            },
+        },
+    )
+    if rng.random() < 0.1:
+        job.emit("prolog-start", {"description": "job-manager.prolog"})
+        job.emit("prolog-finish", {"description": "job-manager.prolog", "status": 0}, gap=0.5)
+    job.emit("init", eventlog=EXEC, gap=0.0006)
+    job.emit("starting", eventlog=EXEC, gap=0.001)
+    job.emit("start", gap=0.003)
+    service = f"0-shell-f{rng.randrange(10**6, 10**7)}"
+    job.emit(
+        "shell.init",
+        {"service": service, "leader-rank": 0, "size": nnodes},
+        eventlog=EXEC,
+        gap=0.02,
+    )
+    if kind == "exec-fail":
+        job.emit(
+            "exception",
+            {
+                "type": "exec",
+                "severity": 0,
+                "note": "task 0 (host node0): start failed: /nonexistent: No such file",
+                "userid": 0,
+            },
+        )
+        status = 32512
+    else:
+        job.emit(
+            "shell.start",
+            {"taskmap": {"version": 1, "map": [[0, nnodes, 1, 1]]}},
+            eventlog=EXEC,
+        )
+        if kind == "cancel-running":
+            job.emit(
+                "exception",
+                {"type": rng.choice(["cancel", "timeout"]), "severity": 0, "note": "",
+                 "userid": 0},
+                gap=rng.uniform(0.1, 30),
+            )  # fmt: skip
+            status = 36608
+        elif rng.random() < 0.03:
+            job.emit(
+                "exception",
+                {"type": "test", "severity": 1, "note": "non-fatal test exception", "userid": 0},
+            )
+        job.emit(
+            "shell.task-exit",
+            {"localid": 0, "rank": 0, "state": "Exited", "pid": rng.randrange(1000, 99999),
+             "wait_status": status, "signaled": 0, "exitcode": status >> 8},
+            eventlog=EXEC,
+            gap=rng.uniform(0.002, 20),
+        )  # fmt: skip
+    job.emit("shell-exit", {"rank": 0, "wait_status": status}, eventlog=EXEC, gap=0.002)
+    job.emit("complete", {"status": status}, eventlog=EXEC, gap=0.0001)
+    job.emit("done", eventlog=EXEC, gap=0.0001)
+    job.emit("finish", {"status": status}, gap=0.0001)
+    if rng.random() < 0.1:
+        job.emit("epilog-start", {"description": "job-manager.epilog"})
+        job.emit("epilog-finish", {"description": "job-manager.epilog", "status": 0}, gap=0.5)
+    job.emit("release", {"ranks": "all", "final": True}, gap=0.002)
+    job.emit("free", gap=0.0001)
+    job.emit("clean", gap=0.0001)
+    return job.lines
+
+
+def workload(events: int, seed: int = 0) -> Iterator[Line]:
+    """At least ``events`` replay lines of whole lifecycles, interleaved by timestamp."""
+    rng = random.Random(seed)
+    pending: list[tuple[float, int, Line]] = []
+    made = order = 0
+    start = BASE_TS
+    jobid = 6828326912
+    while made < events:
+        while pending and pending[0][0] <= start:
+            yield heapq.heappop(pending)[2]
+        for ts, line in _lifecycle(rng, jobid, start):
+            heapq.heappush(pending, (ts, order, line))
+            order += 1
+            made += 1
+        start += SUBMIT_GAP * rng.uniform(0.0, 2.0)
+        jobid += rng.randrange(1, 64) << 24
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def generate(path: Path, events: int) -> int:
+    """Write the workload to ``path``; return the number of lines."""
+    count = 0
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    with path.open("w", encoding="utf-8") as out:
+        for line in workload(events):
+            out.write(dumps(line))
+            out.write("\n")
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- one measurement
+
+
+def _settings(per_event_logs: bool) -> Settings:
+    from fluxmon.config import load_settings
+
+    base = load_settings(None)
+    log = dataclasses.replace(base.log, format="logfmt", events="all" if per_event_logs else "none")
+    return dataclasses.replace(base, log=log)
+
+
+def _run_replay(path: str, log_stream: TextIO, per_event_logs: bool) -> int:
+    """Replay ``path`` through a fresh pipeline; return the number of events applied."""
+    from fluxmon.app import build
+    from fluxmon.sources.replay import ReplaySource
+
+    parts = build(_settings(per_event_logs), log_stream, clock=None)
+    ReplaySource([path]).run(parts.pipeline, threading.Event())
+    refused = sum(parts.tracker.rejected.values())
+    if refused:
+        print(f"warning: {refused} events refused", file=sys.stderr)
+    return parts.pipeline.live_events
+
+
+def _run_json(path: str) -> int:
+    count = 0
+    loads = json.loads
+    with open(path, "rb") as handle:
+        for line in handle:
+            loads(line)
+            count += 1
+    return count
+
+
+def measure(mode: str, path: str) -> dict[str, Any]:
+    """Run one mode over ``path``: events, seconds, peak RSS in MiB."""
+    start = time.perf_counter()
+    if mode == "json":
+        events = _run_json(path)
+    elif mode == "nolog":
+        with open(os.devnull, "w", encoding="utf-8") as devnull:
+            events = _run_replay(path, devnull, per_event_logs=False)
+    else:
+        with open(path + ".log", "w", encoding="utf-8") as log:
+            events = _run_replay(path, log, per_event_logs=True)
+    seconds = time.perf_counter() - start
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "events": events, "seconds": seconds, "rss_mib": rss_mib}
+
+
+def profile(path: str, top: int = 25) -> None:
+    """Run the no-log replay under cProfile and print the top functions by total time."""
+    profiler = cProfile.Profile()
+    with open(os.devnull, "w", encoding="utf-8") as devnull:
+        profiler.enable()
+        _run_replay(path, devnull, per_event_logs=False)
+        profiler.disable()
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _child(*args: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), *args]
+
+
+def _table(results: list[dict[str, Any]], lines: int, size: int) -> str:
+    floor = results[0]["events"] / results[0]["seconds"]
+    rows = [
+        f"{lines:,} events, {size / 2**20:.0f} MiB, Python {sys.version.split()[0]}",
+        f"{'mode':<32} {'events/s':>12} {'seconds':>9} {'vs json':>8} {'peak RSS':>10}",
+    ]
+    for result in results:
+        rate = result["events"] / result["seconds"]
+        rows.append(
+            f"{LABELS[result['mode']]:<32} {rate:>12,.0f} {result['seconds']:>9.2f} "
+            f"{rate / floor:>8.3f} {result['rss_mib']:>7.0f} MiB"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the file, measure every mode in a subprocess, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate")
+    parser.add_argument("--keep", metavar="FILE", help="also keep the generated file here")
+    parser.add_argument("--profile", action="store_true", help="profile the no-log replay")
+    parser.add_argument("--measure", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-only", metavar="FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        mode, path = args.measure
+        if mode not in MODES:
+            parser.error(f"mode must be one of {', '.join(MODES)}")
+        print(json.dumps(measure(mode, path)))
+        return 0
+    if args.profile_only:
+        profile(args.profile_only)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="fluxmon-bench-") as tmp:
+        path = Path(tmp) / "events.jsonl"
+        began = time.perf_counter()
+        lines = generate(path, args.events)
+        size = path.stat().st_size
+        print(f"generated {lines:,} events in {time.perf_counter() - began:.1f}s", flush=True)
+        if args.keep:
+            Path(args.keep).write_bytes(path.read_bytes())
+        results = []
+        for mode in MODES:
+            done = subprocess.run(
+                _child("--measure", mode, str(path)), check=True, capture_output=True, text=True
+            )
+            if done.stderr:
+                sys.stderr.write(done.stderr)
+            results.append(json.loads(done.stdout.splitlines()[-1]))
+            print(f"  {mode}: {results[-1]['seconds']:.1f}s", flush=True)
+        print()
+        print(_table(results, lines, size))
+        rates = {r["mode"]: r["events"] / r["seconds"] for r in results}
+        print(
+            f"ratio nolog/json = {rates['nolog'] / rates['json']:.3f}, "
+            f"logfmt/json = {rates['logfmt'] / rates['json']:.3f}"
+        )
+        if args.profile:
+            print(flush=True)
+            subprocess.run(_child("--profile-only", str(path)), check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""``fluxmon run`` against a real Flux broker (``flux start --test-size=2``).
+
+These tests need flux-core on PATH with its Python bindings; they skip where ``flux``
+is absent (CI has no Flux). Each starts throwaway instances, runs a mixed workload
+while ``fluxmon run`` watches, and checks fluxmon's records and metrics against what
+Flux itself reports (``flux jobs -a --json``, ``flux job eventlog``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+FLUX = shutil.which("flux")
+pytestmark = [
+    pytest.mark.flux,
+    pytest.mark.skipif(FLUX is None, reason="needs a Flux broker: `flux` is not on PATH"),
+]
+
+QUEUES = """\
+[queues.debug]
+policy.limits.duration = "1m"
+policy.jobspec.defaults.system.duration = "1m"
+[queues.batch]
+[policy.jobspec.defaults.system]
+queue = "batch"
+"""
+
+# Runs inside the instance: start fluxmon, run the mixed workload, collect Flux's view.
+WORKLOAD = r"""
+set -u
+out=$1; port=$2
+"$FLUXMON" run --listen 127.0.0.1:$port -c "$out/fluxmon.toml" > "$out/fluxmon.log" 2>&1 &
+fm=$!
+for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
+flux queue start --all >/dev/null
+ids=()
+sub() { id=$(flux submit "$@") || exit 1; ids+=("$id"); }
+sub true; sub true; sub -q debug true
+sub sh -c 'exit 3'
+sub sh -c 'kill -9 $$'
+sub /nonexistent/command
+sub -n2 true
+sub -N2 -n2 true
+sub -t 1s sleep 30
+sub sleep 1; sub --dependency=afterok:$id true; sub --dependency=afterok:$id true
+sub sh -c 'sleep 1; exit 1'; sub --dependency=afterok:$id true
+sub --urgency=0 true; sleep 0.5; flux job urgency $id 16
+sub --urgency=0 sleep 100; sleep 0.3; flux cancel $id
+sub sleep 100; flux job wait-event -t 30 $id start >/dev/null; sleep 0.3; flux cancel $id
+sub sleep 2; flux job wait-event -t 30 $id start >/dev/null
+flux job raise --severity=1 --type=test $id "non-fatal test exception"
+for id in "${ids[@]}"; do flux job wait-event -t 60 $id clean >/dev/null; done
+sleep 2
+curl -sf 127.0.0.1:$port/metrics > "$out/metrics.txt"
+flux jobs -a --json > "$out/jobs.json"
+for id in "${ids[@]}"; do
+  main=$(flux job eventlog -f json $id | wc -l)
+  exec=$(flux job eventlog -f json -p guest.exec.eventlog $id 2>/dev/null | wc -l)
+  echo "$(flux job id --to=dec $id) $main $exec"
+done > "$out/eventlog-lines.txt"
+kill -TERM $fm; wait $fm; echo $? > "$out/fluxmon.rc"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fluxmon_env() -> dict[str, str]:
+    """The environment for fluxmon: the instance's bindings on PYTHONPATH."""
+    assert FLUX is not None
+    path = subprocess.run(
+        [FLUX, "python", "--get-path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH", "")) if p)
+    env["FLUXMON"] = str(Path(sys.executable).parent / "fluxmon")
+    return env
+
+
+def metrics(text: str) -> dict[str, list[Any]]:
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the mixed workload once under fluxmon; return the folder of results."""
+    assert FLUX is not None
+    out = tmp_path_factory.mktemp("mixed")
+    conf = out / "conf"
+    conf.mkdir()
+    (conf / "queues.toml").write_text(QUEUES)
+    (out / "fluxmon.toml").write_text('[log]\nformat = "json"\n')
+    (out / "workload.sh").write_text(WORKLOAD)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=2", "-c", str(conf), "bash", str(out / "workload.sh"),
+         str(out), str(free_port())],
+        env=fluxmon_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def records(out: Path, msg: str) -> list[dict[str, Any]]:
+    lines = (out / "fluxmon.log").read_text().splitlines()
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in parsed if r["msg"] == msg]
+
+
+def test_every_record_matches_flux_jobs(mixed: Path) -> None:
+    """Each job's job.finished record agrees with flux jobs (result, code, times to 1 ms)."""
+    jobs = {j["id"]: j for j in json.loads((mixed / "jobs.json").read_text())["jobs"]}
+    finished = {r["id"]: r for r in records(mixed, "job.finished")}
+    assert set(finished) == set(jobs)
+    for jobid, job in jobs.items():
+        record = finished[jobid]
+        assert record["result"] == job["result"].lower(), job
+        assert record["returncode"] == job["returncode"], job
+        for key in ("t_submit", "t_run", "t_cleanup", "t_inactive"):
+            if key in job:
+                assert record[key] == pytest.approx(job[key], abs=1e-3), (key, job)
+        if job.get("queue"):
+            assert record["queue"] == job["queue"]
+    results = Counter(r["result"] for r in finished.values())
+    assert set(results) == {"completed", "failed", "canceled", "timeout"}
+
+
+def test_events_total_equals_eventlog_lines(mixed: Path) -> None:
+    """flux_job_events_total equals the lines of every job's main and exec eventlogs."""
+    main = exec_ = 0
+    for line in (mixed / "eventlog-lines.txt").read_text().splitlines():
+        _, m, e = line.split()
+        main, exec_ = main + int(m), exec_ + int(e)
+    samples = metrics((mixed / "metrics.txt").read_text())["flux_job_events"]
+    got = Counter()
+    for sample in samples:
+        got[sample.labels["eventlog"]] += sample.value
+    assert got["main"] == main
+    assert got["exec"] == exec_
+
+
+def test_no_errors_and_clean_exit(mixed: Path) -> None:
+    """No watch error or refused event is left, watches are closed, and fluxmon exits 0."""
+    found = metrics((mixed / "metrics.txt").read_text())
+    assert all(s.value == 0 for s in found["fluxmon_watch_errors"])
+    assert all(s.value == 0 for s in found["fluxmon_event_errors"]), found["fluxmon_event_errors"]
+    assert all(s.value == 0 for s in found["fluxmon_watches"])
+    assert [s.value for s in found["fluxmon_tracked_jobs"]] == [0]
+    assert [s.value for s in found["fluxmon_connected"]] == [1]
+    build = found["fluxmon_build_info"][0].labels
+    assert build["flux_core_version"] not in ("", "unknown")
+    assert (mixed / "fluxmon.rc").read_text().strip() == "0"
+    assert records(mixed, "event.rejected") == []
+
+
+RESTART = r"""
+set -u
+flux submit --wait true >/dev/null
+flux submit --wait sh -c 'exit 4' >/dev/null
+id=$(flux submit sleep 3)
+flux job wait-event -t 30 $id start >/dev/null
+"""
+
+
+def test_survives_broker_restart(tmp_path: Path) -> None:
+    """fluxmon rides out a broker going away and a new one coming up at the same URI."""
+    assert FLUX is not None
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    port = free_port()
+    env = fluxmon_env()
+    conf = tmp_path / "fluxmon.toml"
+    conf.write_text('[log]\nformat = "json"\n[flux]\nreconnect_min = 0.2\nreconnect_max = 1.0\n')
+    script = tmp_path / "restart.sh"
+    script.write_text(RESTART)
+    uri = f"local://{rundir}/local-0"
+    log = (tmp_path / "fluxmon.log").open("w")
+    fm = subprocess.Popen(
+        [env["FLUXMON"], "run", "--uri", uri, "--listen", f"127.0.0.1:{port}", "-c", str(conf)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        for _ in range(2):
+            subprocess.run(
+                [FLUX, "start", "--test-size=1", f"--test-rundir={rundir}", "bash", str(script)],
+                env=env, timeout=120, check=True, capture_output=True,
+            )  # fmt: skip
+        text = _scrape_when(port, lambda m: _value(m, "fluxmon_connected") == 0)
+    finally:
+        fm.terminate()
+        fm.wait(timeout=30)
+        log.close()
+    found = metrics(text)
+    assert _value(found, "fluxmon_reconnects") >= 1
+    lines = [json.loads(x) for x in (tmp_path / "fluxmon.log").read_text().splitlines()]
+    msgs = Counter(r["msg"] for r in lines)
+    assert msgs["source.connected"] >= 2
+    assert msgs["source.disconnected"] >= 2
+    finished = [r for r in lines if r["msg"] == "job.finished"]
+    # Each instance: true, exit 4, and the sleep its shutdown cancels while running.
+    assert sorted((r["result"], r["returncode"]) for r in finished) == [
+        ("canceled", 143), ("canceled", 143), ("completed", 0), ("completed", 0),
+        ("failed", 4), ("failed", 4),
+    ]  # fmt: skip
+    assert [r for r in lines if r["msg"] == "event.rejected"] == []
+    assert fm.returncode == 0
+
+
+def _value(found: dict[str, list[Any]], name: str) -> float:
+    return float(sum(s.value for s in found[name]))
+
+
+def _scrape_when(port: int, ready: Any, tries: int = 100) -> str:
+    import time
+    import urllib.request
+
+    text = ""
+    for _ in range(tries):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        if ready(metrics(text)):
+            return text
+        time.sleep(0.1)
+    return text
+
+
+def test_guest_falls_back_to_watch_mode(tmp_path: Path) -> None:
+    """Forced watch mode (what a guest gets) still reports every job correctly."""
+    assert FLUX is not None
+    out = tmp_path
+    (out / "fluxmon.toml").write_text(
+        '[log]\nformat = "json"\n[flux]\nmode = "watch"\npoll_interval = 0.5\n'
+    )
+    script = textwrap.dedent(
+        r"""
+        set -u
+        "$FLUXMON" run --listen 127.0.0.1:$2 -c "$1/fluxmon.toml" > "$1/fluxmon.log" 2>&1 &
+        fm=$!
+        for i in $(seq 100); do curl -sf 127.0.0.1:$2/readyz >/dev/null && break; sleep 0.1; done
+        a=$(flux submit true); b=$(flux submit sh -c 'exit 5'); c=$(flux submit sleep 2)
+        for id in $a $b $c; do flux job wait-event -t 60 $id clean >/dev/null; done
+        sleep 2
+        curl -sf 127.0.0.1:$2/metrics > "$1/metrics.txt"
+        flux jobs -a --json > "$1/jobs.json"
+        kill -TERM $fm; wait $fm
+        """
+    )
+    (out / "w.sh").write_text(script)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=2", "bash", str(out / "w.sh"), str(out), str(free_port())],
+        env=fluxmon_env(), capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    connected = records(out, "source.connected")
+    assert "watch mode" in connected[0]["detail"]
+    jobs = {j["id"]: j for j in json.loads((out / "jobs.json").read_text())["jobs"]}
+    finished = {r["id"]: r for r in records(out, "job.finished")}
+    assert set(finished) == set(jobs)
+    for jobid, job in jobs.items():
+        assert finished[jobid]["returncode"] == job["returncode"]
+    found = metrics((out / "metrics.txt").read_text())
+    assert all(s.value == 0 for s in found["fluxmon_event_errors"])
