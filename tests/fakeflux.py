@@ -203,9 +203,14 @@ class FakeJob:
                 state = _ADVANCE[name]
             elif name in ("urgency", "flux-restart", "jobspec-update") and state == "SCHED":
                 state = "PRIORITY"
-            elif name == "exception" and ctx.get("severity") == 0 and state not in (
-                "NEW",
-                "INACTIVE",
+            elif (
+                name == "exception"
+                and ctx.get("severity") == 0
+                and state
+                not in (
+                    "NEW",
+                    "INACTIVE",
+                )
             ):
                 state = "CLEANUP"
         return state
@@ -317,9 +322,7 @@ class _Future:
 
     def deliverable(self) -> bool:
         """The callback would run now."""
-        return (
-            self.armed and self.then_cb is not None and not self.stopped and bool(self.results)
-        )
+        return self.armed and self.then_cb is not None and not self.stopped and bool(self.results)
 
     def _front(self) -> str:
         if not self.results:
@@ -351,9 +354,7 @@ class FakeWatch(_Future):
 
     kind = "watch"
 
-    def __init__(
-        self, handle: FakeHandle, jobid: int, eventlog: str, *, waitcreate: bool
-    ) -> None:
+    def __init__(self, handle: FakeHandle, jobid: int, eventlog: str, *, waitcreate: bool) -> None:
         super().__init__(handle)
         self.jobid = jobid
         self.eventlog = eventlog
@@ -554,9 +555,7 @@ class FakeHandle:
 class FakeBroker:
     """Jobs on a virtual timeline, and the services the source talks to."""
 
-    def __init__(
-        self, jobs: Iterable[FakeJob] = (), *, start: float, owner: int = OWNER
-    ) -> None:
+    def __init__(self, jobs: Iterable[FakeJob] = (), *, start: float, owner: int = OWNER) -> None:
         self.now = start
         self.start = start
         self.owner = owner
@@ -631,9 +630,7 @@ class FakeBroker:
             self.step()
 
     @staticmethod
-    def _bind(
-        action: Callable[[FakeJob, int], None], job: FakeJob, i: int
-    ) -> Callable[[], None]:
+    def _bind(action: Callable[[FakeJob, int], None], job: FakeJob, i: int) -> Callable[[], None]:
         return lambda: action(job, i)
 
     def _journals(self) -> list[FakeRPC]:

@@ -15,7 +15,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +150,7 @@ def test_events_total_equals_eventlog_lines(mixed: Path) -> None:
         _, m, e = line.split()
         main, exec_ = main + int(m), exec_ + int(e)
     samples = metrics((mixed / "metrics.txt").read_text())["flux_job_events"]
-    got = Counter()
+    got: Counter[str] = Counter()
     for sample in samples:
         got[sample.labels["eventlog"]] += sample.value
     assert got["main"] == main
@@ -225,14 +228,11 @@ def _value(found: dict[str, list[Any]], name: str) -> float:
     return float(sum(s.value for s in found[name]))
 
 
-def _scrape_when(port: int, ready: Any, tries: int = 100) -> str:
-    import time
-    import urllib.request
-
+def _scrape_when(port: int, ready: Callable[[dict[str, list[Any]]], bool], tries: int = 100) -> str:
     text = ""
     for _ in range(tries):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+            text = str(resp.read().decode())
         if ready(metrics(text)):
             return text
         time.sleep(0.1)
