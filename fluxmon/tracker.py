@@ -149,7 +149,8 @@ class Job:
         self.result: Result | None = None
         self.returncode: int | None = None
         self.last_main_ts: float = timestamp
-        self.seen: set[tuple[str, str, float]] = set()
+        #: (eventlog, name, timestamp) of every applied event, with its context.
+        self.seen: dict[tuple[str, str, float], Mapping[str, Any]] = {}
         self.perilog_starts: dict[str, list[float]] = {}
 
     @property
@@ -335,6 +336,8 @@ def _idset_size(text: str) -> int | None:
         low, _, high = part.partition("-")
         if not low.isdigit() or (high and not high.isdigit()):
             return None
+        if high and int(high) < int(low):
+            return None
         total += (int(high) - int(low) + 1) if high else 1
     return total
 
@@ -385,14 +388,15 @@ class Tracker:
             jobid = event.jobid
             ts = event.timestamp
             context = event.context
+            eventlog = event.eventlog
             if (
                 type(name) is not str
                 or type(jobid) is not int
                 or not 0 <= jobid <= MAX_JOBID
                 or type(ts) not in (float, int)
                 or not math.isfinite(ts)
-                or not isinstance(context, Mapping)
-                or event.eventlog not in (MAIN, EXEC)
+                or (type(context) is not dict and not isinstance(context, Mapping))
+                or (eventlog != MAIN and eventlog != EXEC)  # noqa: PLR1714 - str ==, no hashing
             ):
                 return self._reject("malformed", "event fields have the wrong types", event)
             if name in _JOURNAL_ONLY:
@@ -400,18 +404,19 @@ class Tracker:
             job = self.jobs.get(jobid)
             if job is None:
                 if jobid in self._finished:
-                    if event.eventlog == MAIN:
+                    if eventlog == MAIN:
                         return self._reject("duplicate", f"{name} after the job's clean", event)
                     return self._reject(
                         "after_inactive", f"exec event {name} after the job's clean", event
                     )
-                if name == "submit" and event.eventlog == MAIN:
+                if name == "submit" and eventlog == MAIN:
                     return self._submit(event, live)
                 return self._reject("unknown_job", f"{name} for a job with no submit", event)
-            key = (event.eventlog, name, ts)
-            if key in job.seen:
+            key = (eventlog, name, ts)
+            previous = job.seen.get(key)
+            if previous is not None and previous == context:
                 return self._reject("duplicate", f"{name} at {ts} already applied", event)
-            if event.eventlog == MAIN:
+            if eventlog == MAIN:
                 if ts < job.last_main_ts:
                     return self._reject(
                         "out_of_order",
@@ -423,8 +428,8 @@ class Tracker:
                 accepted = True
             if not accepted:
                 return False
-            job.seen.add(key)
-            if event.eventlog == MAIN:
+            job.seen[key] = context
+            if eventlog == MAIN:
                 job.last_main_ts = ts
             if live:
                 for sink in self.sinks:
@@ -485,7 +490,7 @@ class Tracker:
             job.queue = _queue_of(event.jobspec)
             job.duration_limit = _duration_of(event.jobspec)
             job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
-        job.seen.add((MAIN, "submit", event.timestamp))
+        job.seen[(MAIN, "submit", event.timestamp)] = context
         self.jobs[event.jobid] = job
         if live:
             for sink in self.sinks:

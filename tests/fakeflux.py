@@ -34,7 +34,8 @@ What each behaviour was checked against. Python files are flux-core 0.88's bindi
 - Watch futures: ``get_event`` = ``get(autoreset=True)``; ENODATA gives ``None`` (and
   no reset); other errors raise ``OSError``; ``cancel(stop=True)`` cancels and then
   ``stop()``s so no callback runs again; ``__del__`` cancels a watch not yet cancelled
-  or ended: ``kvs.py`` ``WatchImplementation.get``/``cancel``/``__del__``,
+  or ended (here: counted in ``FakeBroker.collected_watches``): ``kvs.py``
+  ``WatchImplementation.get``/``cancel``/``__del__``,
   ``job/event.py`` ``JobEventWatchFuture.get_event``. Events are dict subclasses with
   ``name``/``timestamp``/``context`` (``context`` defaults to ``{}``): ``eventlog.py``
   ``EventLogEvent``. A cancelled watch (without ``stop``) ends with ENODATA: C
@@ -45,10 +46,11 @@ What each behaviour was checked against. Python files are flux-core 0.88's bindi
   the exec eventlog, which must exist unless WAITCREATE was given (else ENOENT): C
   ``job-info/guest_watch.c`` ``get_main_eventlog_continuation``,
   ``wait_guest_namespace_continuation``, ``guest_namespace_watch``. It ends (ENODATA)
-  once the job is inactive and every exec line is sent (design doc section 3). A main
-  eventlog watch sends every line, waits for the eventlog to be committed with
-  WAITCREATE (ENOENT without), and ends after ``clean``: C ``job-info/watch.c``
-  ``watch_key`` (``FLUX_KVS_WAITCREATE``), design doc section 3.
+  once the job is inactive and every exec line is sent (design doc section 3; not
+  checked in C). A main eventlog watch sends every line, waits for the eventlog to be
+  committed with WAITCREATE (ENOENT without): C ``job-info/watch.c`` ``watch_key``
+  (WAITCREATE becomes ``FLUX_KVS_WAITCREATE``); it ends after ``clean``: design doc
+  section 3 (not checked in C).
 - Journal: history is one response per job (all its events so far, sorted, ``jobspec``
   when ``submit`` is among them, ``R`` when ``alloc`` is), then the sentinel
   ``{"id": -1, "events": []}``, then one response per event as it happens, ``jobspec``
@@ -57,7 +59,7 @@ What each behaviour was checked against. Python files are flux-core 0.88's bindi
   ``since`` filter: ``abc/journal.py`` ``JournalConsumerBase.is_empty_response`` /
   ``__enqueue_response``. ``annotations`` appear in the journal only, never in an
   eventlog read from the KVS: compare ``journal-raw-responses.jsonl`` with
-  ``tests/data/scenarios/*.jsonl`` (eventlogs read back with ``flux job eventlog``).
+  ``tests/data/scenarios/*.jsonl`` (per-job eventlogs: none there).
   EPERM for a guest and ENOSYS without the service: design doc section 3 (not checked).
 - ``job_list``: streaming (``FLUX_RPC_STREAMING``), responses ``{"jobs": [...],
   "version": 1}`` then ENODATA; ``userid=FLUX_USERID_UNKNOWN`` lists every user's jobs;
@@ -257,7 +259,7 @@ class WatchOpened:
 _serials = itertools.count(1)
 
 
-class _Future:
+class FakeFuture:
     """A streaming future: one callback per response until ``reset``."""
 
     kind = "future"
@@ -336,7 +338,7 @@ class _Future:
         return f"<{type(self).__name__} #{self.serial}>"
 
 
-class FakeRPC(_Future):
+class FakeRPC(FakeFuture):
     """``flux.rpc.RPC`` (the journal and job-list streams)."""
 
     def __init__(self, handle: FakeHandle, kind: str) -> None:
@@ -349,7 +351,7 @@ class FakeRPC(_Future):
         return json.loads(self._front())
 
 
-class FakeWatch(_Future):
+class FakeWatch(FakeFuture):
     """``flux.job.event.JobEventWatchFuture``."""
 
     kind = "watch"
@@ -430,7 +432,7 @@ class FakeHandle:
         self.userid = userid
         self.waitcreate = waitcreate
         self.number = len(broker.handles_made)
-        self.futures: dict[int, weakref.ref[_Future]] = {}
+        self.futures: dict[int, weakref.ref[FakeFuture]] = {}
         self.ready: deque[int] = deque()
         self.timers: list[FakeTimer] = []
         self.running = False
@@ -444,7 +446,7 @@ class FakeHandle:
         """The user is the instance owner."""
         return self.userid == self.broker.owner
 
-    def alive_futures(self) -> list[_Future]:
+    def alive_futures(self) -> list[FakeFuture]:
         """Futures still referenced by someone, in creation order."""
         out = []
         for ref in list(self.futures.values()):
@@ -467,7 +469,7 @@ class FakeHandle:
             for fut in self.alive_futures():
                 fut.push(OSError(errno.ECONNRESET, "Connection reset by peer"))
 
-    def _next_ready(self) -> _Future | None:
+    def _next_ready(self) -> FakeFuture | None:
         while self.ready:
             ref = self.futures.get(self.ready.popleft())
             fut = ref() if ref is not None else None
@@ -478,7 +480,7 @@ class FakeHandle:
                 return fut
         return None
 
-    def _fire(self, fut: _Future) -> None:
+    def _fire(self, fut: FakeFuture) -> None:
         assert fut.then_cb is not None
         callback, args, kwargs = fut.then_cb
         fut.armed = False
@@ -566,11 +568,11 @@ class FakeBroker:
         self._seq = itertools.count()
         self.handles: list[FakeHandle] = []
         self.handles_made: list[FakeHandle] = []
-        self.then_handles: dict[_Future, int] = {}
+        self.then_handles: dict[FakeFuture, int] = {}
         self.down_until: float | None = None
         self.time_limit = start + 3600.0
         self.idle_hooks: list[Callable[[], None]] = []
-        self.before_callback: Callable[[_Future], None] | None = None
+        self.before_callback: Callable[[FakeFuture], None] | None = None
         self.list_chunk = 3
         # what happened, for assertions
         self.connects: list[tuple[float, bool]] = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import random
 import threading
 import time
@@ -207,6 +208,7 @@ class _Memory:
     exec_seen: dict[int, set[tuple[str, float]]] = field(default_factory=dict)
     main_last: dict[int, float] = field(default_factory=dict)  # watch mode: per job
     done: dict[int, float] = field(default_factory=dict)  # watch mode: finished, when
+    held_over: dict[int, list[JobEvent]] = field(default_factory=dict)  # cleans held at a drop
     sessions: int = 0
 
 
@@ -292,6 +294,7 @@ class _Session:
         self.settings = source.settings
         self.mode = "watch" if self.settings.mode == "watch" else "journal"
         self.caught_up = False
+        self.catching_up = False
         self.lost: str | None = None
         self.journal_future: RPCFuture | None = None
         self.history: list[JobEvent] = []
@@ -329,7 +332,10 @@ class _Session:
         return self.lost or "the event stream ended"
 
     def close(self) -> None:
-        """Cancel every watch and the timer."""
+        """Cancel every watch and the timer; keep held cleans for the next session."""
+        for jobid, (events, _) in self.held.items():
+            self.mem.held_over.setdefault(jobid, []).extend(events)
+        self.held.clear()
         for (jobid, eventlog), future in list(self.watches.items()):
             self._close_watch(jobid, eventlog, future)
         if self.timer is not None:
@@ -446,23 +452,48 @@ class _Session:
             self.history_cutoff = history[-1].timestamp
         if self.first:
             self._deliver_main(history, live=False)
-        else:
-            self._deliver_main([e for e in history if e.timestamp > mem.since], live=True)
-            vanished = mem.active - self.history_jobs
-            if vanished:
-                self.down.forget(sorted(vanished), "absent from the journal after reconnecting")
-                for jobid in vanished:
-                    self._job_gone(jobid)
+            self._go_live()
+            for jobid in sorted(mem.running):
+                self._open_exec_watch(jobid)
+            return
+        vanished = mem.active - self.history_jobs
+        if vanished:
+            self.down.forget(sorted(vanished), "absent from the journal after reconnecting")
+            for jobid in vanished:
+                self._job_gone(jobid)
+                mem.held_over.pop(jobid, None)
+        self._resume()
+        # Events newer than the last one delivered happened while fluxmon was away: they
+        # are new, so they are counted. Exec watches opened above and on each catch-up
+        # alloc hold those jobs' clean until their exec eventlogs are read.
+        self.catching_up = True
+        self._deliver_main([e for e in history if e.timestamp > mem.since], live=True)
+        self.catching_up = False
+        self._go_live()
+
+    def _go_live(self) -> None:
         self.caught_up = True
         self.down.caught_up()
+
+    def _resume(self) -> None:
+        """After a reconnect: reopen exec watches of running jobs, re-hold held cleans."""
+        mem = self.mem
         for jobid in sorted(mem.running):
             self._open_exec_watch(jobid)
+        deadline = self.src.monotonic() + HOLD_SECONDS
+        for jobid, events in sorted(mem.held_over.items()):
+            self.held[jobid] = (events, deadline)
+            if not self._open_exec_watch(jobid):
+                self._release(jobid)
+        mem.held_over.clear()
 
     # -- watch mode -----------------------------------------------------------------------
 
     def _start_watch_mode(self, detail: str) -> None:
         self.down.connected(detail, flux_version=self.flux_version)
         self.history_cutoff = self.start_time if self.first else 0.0
+        if not self.first:
+            self._resume()
         self.poll_since = self.start_time if self.first else max(self.mem.since - 1.0, 0.0)
         self.next_poll = 0.0
         self._poll()
@@ -522,9 +553,13 @@ class _Session:
 
     # -- per-job watches ------------------------------------------------------------------
 
-    def _open_exec_watch(self, jobid: int) -> None:
-        if self.settings.exec_events and (jobid, EXEC) not in self.watches:
+    def _open_exec_watch(self, jobid: int) -> bool:
+        """Watch a job's exec eventlog (if enabled); True if a watch is open."""
+        if not self.settings.exec_events:
+            return False
+        if (jobid, EXEC) not in self.watches:
             self._open_watch(jobid, EXEC)
+        return (jobid, EXEC) in self.watches
 
     def _open_watch(self, jobid: int, eventlog: str) -> None:
         if len(self.watches) >= self.settings.max_watches:
@@ -598,6 +633,13 @@ class _Session:
             timestamp = entry["timestamp"]
             context = entry.get("context") or EMPTY_CONTEXT
         except (KeyError, TypeError, AttributeError):
+            name = timestamp = None
+        if (
+            type(name) is not str
+            or type(timestamp) not in (float, int)
+            or not math.isfinite(timestamp)
+            or not isinstance(context, Mapping)
+        ):
             self.down.reject_input("malformed", f"eventlog entry of job {jobid}: {entry!r}"[:300])
             return None
         jobspec = R = None
@@ -626,7 +668,7 @@ class _Session:
                 mem.active.add(jobid)
             elif name == "alloc":
                 mem.running.add(jobid)
-                if self.caught_up or self.mode == "watch":
+                if self.caught_up or self.catching_up or self.mode == "watch":
                     self._open_exec_watch(jobid)
             elif name in ("clean", "invalidate"):
                 if (jobid, EXEC) in self.watches or jobid in self.held:

@@ -20,6 +20,7 @@ from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
 from fluxmon.sources import Downstream
 
 BATCH: Final = 512
+_decode: Final = json.JSONDecoder().decode
 
 
 class LineError(ValueError):
@@ -29,7 +30,8 @@ class LineError(ValueError):
 def parse_line(line: bytes | str) -> JobEvent:
     """Parse one replay line into a JobEvent; raise :class:`LineError` saying why not."""
     try:
-        obj = json.loads(line)
+        # Decoding first skips json's per-call encoding detection on bytes.
+        obj = _decode(line.decode() if isinstance(line, bytes) else line)
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
         raise LineError(f"not JSON: {err}") from None
     if type(obj) is not dict:

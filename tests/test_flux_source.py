@@ -1,0 +1,839 @@
+"""The Flux source against a fake of flux-core 0.88's bindings (no Flux needed).
+
+The fake (``tests/fakeflux.py``) runs on a virtual clock: a broker with the recorded
+jobs, a reactor that delivers responses in time order, a stop flag whose ``wait`` lets
+virtual time pass. Checked against flux-core 0.88's Python bindings in
+``/opt/flux/lib/flux/python3.11/flux`` (``future.py`` then/reset/_THEN_HANDLES and
+continuation_callback, ``rpc.py`` RPC.get, ``kvs.py`` WatchImplementation,
+``job/event.py``, ``eventlog.py``, ``job/list.py``, ``abc/journal.py``,
+``core/handle.py`` reactor_run, ``core/watchers.py``), job-info's ``guest_watch.c``
+(C, read in a public flux-core snapshot) and the recorded
+``tests/data/journal-raw-responses.jsonl``; the fake's docstring has the detail,
+including what was modelled without a check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import os
+import random
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fluxmon.app import EX_OK, EX_UNAVAILABLE, Parts, build, record, serve
+from fluxmon.config import Settings, load_settings
+from fluxmon.events import EXEC, MAIN
+from fluxmon.metrics import SelfMetrics
+from fluxmon.sources.flux import FluxSource, FluxUnavailable
+from fluxmon.sources.replay import ReplaySource
+from fluxmon.testing import parse_log
+from tests.conftest import DATA, SCENARIOS, expected
+from tests.fakeflux import (
+    FakeBindings,
+    FakeBroker,
+    FakeFuture,
+    FakeJob,
+    FakeRPC,
+    VirtualStop,
+    broker_from_raw_journal,
+    late_exec,
+    load_raw_journal,
+    load_scenario,
+)
+
+URI = "local:///fake/flux"
+REPLAY_JOURNAL = DATA / "journal.replay.jsonl"
+BY_STEM = {p.stem: p for p in SCENARIOS}
+#: Before the first scenario job's submit: every scenario job is live.
+SCENARIO_START = 1795880016.0
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def make_settings(**flux: Any) -> Settings:
+    """Default settings, JSON logs, and ``flux`` overrides."""
+    base = load_settings(None)
+    return dataclasses.replace(
+        base,
+        log=dataclasses.replace(base.log, format="json"),
+        flux=dataclasses.replace(base.flux, **flux),
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """A FluxSource run on a fake broker: the pipeline's parts and its log."""
+
+    broker: FakeBroker
+    parts: Parts
+    log: io.StringIO
+    stop: VirtualStop
+    source: FluxSource
+
+    def records(self, msg: str | None = None) -> list[dict[str, Any]]:
+        """Log records, optionally only those with ``msg``."""
+        return [r for r in parse_log(self.log.getvalue()) if msg is None or r["msg"] == msg]
+
+    def sample(self, name: str, /, **labels: str) -> float | None:
+        """One sample's value."""
+        return self.parts.registry.get_sample_value(name, labels)
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample called ``name`` with its labels."""
+        return [
+            (s.labels, s.value)
+            for family in self.parts.registry.collect()
+            for s in family.samples
+            if s.name == name
+        ]
+
+    def events_counted(self) -> Counter[tuple[str, str]]:
+        """``flux_job_events_total`` summed over queues, by (eventlog, name)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for labels, value in self.samples("flux_job_events_total"):
+            out[(labels["eventlog"], labels["name"])] += int(value)
+        return out
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        """job.finished records by id (without the log timestamp); one per job."""
+        records = self.records("job.finished")
+        out = {r["id"]: strip(r) for r in records}
+        assert len(out) == len(records), "a job finished twice"
+        return out
+
+
+def strip(record: dict[str, Any]) -> dict[str, Any]:
+    """A log record without its wall-clock timestamp."""
+    return {k: v for k, v in record.items() if k != "ts"}
+
+
+def run_source(
+    broker: FakeBroker,
+    settings: Settings | None = None,
+    *,
+    bindings: FakeBindings | None = None,
+    stop: VirtualStop | None = None,
+    idle_after: float | None = 0.0,
+    seed: int = 1,
+) -> Run:
+    """Run a FluxSource on ``broker`` until it is idle (past ``idle_after``) or stopped."""
+    settings = settings or make_settings()
+    stream = io.StringIO()
+    parts = build(settings, stream, clock=None)
+    stop = stop or VirtualStop(broker)
+    if idle_after is not None:
+        broker.stop_when_idle(stop, after=idle_after)
+    source = FluxSource(
+        settings.flux,
+        uri=URI,
+        bindings=bindings or FakeBindings(broker),
+        stats=parts.self_metrics,
+        log=parts.log,
+        clock=broker.clock,
+        monotonic=broker.clock,
+        rng=random.Random(seed),
+    )
+    source.run(parts.pipeline, stop)
+    return Run(broker, parts, stream, stop, source)
+
+
+def scenario_jobs(
+    names: Iterable[str] | None = None, transform: Callable[[FakeJob], FakeJob] | None = None
+) -> list[FakeJob]:
+    """Scenario files as fake jobs."""
+    paths = SCENARIOS if names is None else [BY_STEM[n] for n in names]
+    jobs = [load_scenario(p) for p in paths]
+    return [transform(j) for j in jobs] if transform else jobs
+
+
+def scenario_broker(transform: Callable[[FakeJob], FakeJob] | None = None) -> FakeBroker:
+    """Every recorded scenario job, all submitted after connect."""
+    return FakeBroker(scenario_jobs(transform=transform), start=SCENARIO_START)
+
+
+def replay_finished(paths: Iterable[Path | str]) -> dict[int, dict[str, Any]]:
+    """job.finished records (by id) of files replayed through a fresh pipeline."""
+    stream = io.StringIO()
+    parts = build(make_settings(), stream, clock=None)
+    ReplaySource(list(paths)).run(parts.pipeline, threading.Event())
+    return {r["id"]: strip(r) for r in parse_log(stream.getvalue()) if r["msg"] == "job.finished"}
+
+
+def implied(events: list[dict[str, Any]]) -> tuple[str, int]:
+    """(result, returncode) as flux-core and ``flux jobs`` derive them from main events."""
+    ran = any(e["name"] == "alloc" for e in events)
+    status = next((e["context"]["status"] for e in events if e["name"] == "finish"), None)
+    fatal = next(
+        (e["context"] for e in events
+         if e["name"] == "exception" and e["context"]["severity"] == 0),
+        None,
+    )  # fmt: skip
+    if ran and status == 0:
+        result = "completed"
+    elif fatal is not None and fatal["type"] in ("cancel", "timeout"):
+        result = "canceled" if fatal["type"] == "cancel" else "timeout"
+    else:
+        result = "failed"
+    if status is not None:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    elif result == "canceled" and not ran:
+        code = -128
+    else:
+        code = 1
+    return result, code
+
+
+def truth(broker: FakeBroker, jobids: Iterable[int]) -> Counter[tuple[str, str]]:
+    """The jobs' eventlog lines by (eventlog label, name): what should be counted."""
+    return Counter(broker.eventlog_lines(jobids))
+
+
+def watches(broker: FakeBroker, eventlog: str) -> Counter[int]:
+    """Watches the broker was asked for on ``eventlog``, by job."""
+    return Counter(w.jobid for w in broker.watches_opened if w.eventlog == eventlog)
+
+
+def allocated(broker: FakeBroker) -> set[int]:
+    """Jobs that reached alloc."""
+    return {j.jobid for j in broker.jobs.values() if j.first("alloc") is not None}
+
+
+def expected_by_id() -> dict[int, dict[str, Any]]:
+    """expected.json keyed by jobid."""
+    return {want["id"]: want for want in expected().values()}
+
+
+def assert_results(run: Run, jobids: Iterable[int]) -> None:
+    """Each job finished once, with the result and return code of expected.json."""
+    want = expected_by_id()
+    finished = run.finished()
+    for jobid in jobids:
+        assert finished[jobid]["result"] == want[jobid]["result"], jobid
+        assert finished[jobid]["returncode"] == want[jobid]["returncode"], jobid
+
+
+# -- journal mode on the recorded journal ----------------------------------------------------
+
+
+def test_journal_history_is_silent_and_ready_comes_at_the_sentinel() -> None:
+    """History rebuilds state without counting or logging; ready turns 1 at the sentinel."""
+    broker, history_ids = broker_from_raw_journal()
+    seen: list[tuple[int, bool, float | None]] = []
+    registry_probe: list[Run] = []
+
+    def before(fut: FakeFuture) -> None:
+        if isinstance(fut, FakeRPC) and fut.kind == "journal" and registry_probe:
+            payload = fut.get()
+            ready = registry_probe[0].sample("fluxmon_ready")
+            seen.append((payload["id"], registry_probe[0].parts.pipeline.is_ready, ready))
+
+    broker.before_callback = before
+    # Build the parts first so the probe can read them during the run.
+    settings = make_settings()
+    stream = io.StringIO()
+    parts = build(settings, stream, clock=None)
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    source = FluxSource(
+        settings.flux,
+        uri=URI,
+        bindings=FakeBindings(broker),
+        stats=parts.self_metrics,
+        log=parts.log,
+        clock=broker.clock,
+        monotonic=broker.clock,
+        rng=random.Random(1),
+    )
+    run = Run(broker, parts, stream, stop, source)
+    registry_probe.append(run)
+    source.run(parts.pipeline, stop)
+
+    history, live = load_raw_journal()
+    sentinel_at = [i for i, (jobid, _, _) in enumerate(seen) if jobid == -1]
+    assert sentinel_at == [len(history)]
+    prior = seen[: len(history) + 1]
+    after = seen[len(history) + 1 :]
+    assert after
+    assert [(ready, gauge) for _, ready, gauge in prior] == [(False, 0.0)] * len(prior)
+    assert [(ready, gauge) for _, ready, gauge in after] == [(True, 1.0)] * len(after)
+    assert run.sample("fluxmon_ready") == 1
+    assert run.sample("fluxmon_connected") == 1
+
+    logged = {r["id"] for r in run.records("job.event")} | set(run.finished())
+    assert history_ids
+    assert not logged & history_ids
+    (caught_up,) = run.records("history.caught_up")
+    assert caught_up["history_events"] == sum(len(r["events"]) for r in history)
+    live_events = [e for r in live for e in r["events"]]
+    not_annotations = [e for e in live_events if e["name"] != "annotations"]
+    assert len(not_annotations) < len(live_events)
+    assert sum(run.events_counted().values()) == len(not_annotations)
+    assert len(run.records("job.event")) == len(not_annotations)
+    assert run.sample("flux_job_events_total", queue="default", eventlog="main",
+                      name="annotations") is None  # fmt: skip
+
+
+def test_journal_finished_records_match_the_journal_and_its_replay() -> None:
+    """Every live job finishes once, as the journal implies and as the replay file says."""
+    broker, history_ids = broker_from_raw_journal()
+    run = run_source(broker)
+    _, live = load_raw_journal()
+    by_job: dict[int, list[dict[str, Any]]] = {}
+    for resp in live:
+        for e in resp["events"]:
+            by_job.setdefault(resp["id"], []).append({"context": {}, **e})
+    finished = run.finished()
+    assert set(finished) == set(by_job)
+    results: Counter[str] = Counter()
+    for jobid, events in by_job.items():
+        result, code = implied(events)
+        results[result] += 1
+        assert (finished[jobid]["result"], finished[jobid]["returncode"]) == (result, code), jobid
+    assert len(results) > 1  # the recording has more than successes
+    replayed = replay_finished([REPLAY_JOURNAL])
+    assert set(replayed) == set(finished) | history_ids
+    for jobid, rec in finished.items():
+        assert rec == replayed[jobid], jobid
+    assert run.sample("fluxmon_tracked_jobs") == 0
+    assert not run.records("source.callback_failed")
+
+
+# -- exec watches ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["on-time", "exec-after-clean"])
+def test_exec_watch_per_allocated_job(late: bool) -> None:
+    """One WAITCREATE exec watch per allocated job; exec events counted once, clean held."""
+    broker = scenario_broker(late_exec if late else None)
+    run = run_source(broker)
+    exec_watches = watches(broker, EXEC)
+    assert set(exec_watches) == allocated(broker)
+    assert set(exec_watches.values()) == {1}
+    assert not watches(broker, MAIN)
+    for opened in broker.watches_opened:
+        job = broker.jobs[opened.jobid]
+        assert opened.waitcreate
+        if job.exec_events:
+            assert opened.time < job.exec_visible_at(0), opened  # before the eventlog exists
+        if late and job.exec_events:
+            clean = job.first("clean")
+            assert clean is not None
+            assert job.exec_visible_at(0) > clean
+    assert run.events_counted() == truth(broker, broker.jobs)
+    assert sum(v for (log, _), v in run.events_counted().items() if log == "exec") > 0
+    assert run.sample("fluxmon_event_errors_total", reason="unknown_job") == 0
+    assert not [r for r in run.records("event.rejected")]
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+    assert run.sample("fluxmon_watches", eventlog="main") == 0
+    assert run.samples("fluxmon_watch_errors_total") == []
+    assert_results(run, broker.jobs)
+    assert run.sample("fluxmon_tracked_jobs") == 0
+    assert broker.collected_watches == 0
+    assert broker.dropped_callbacks == 0
+
+
+def test_no_exec_watch_when_exec_events_are_off() -> None:
+    """With flux.exec_events = false no watch is opened and only main events are counted."""
+    broker = scenario_broker()
+    run = run_source(broker, make_settings(exec_events=False))
+    assert broker.watches_opened == []
+    counted = run.events_counted()
+    assert counted
+    assert all(log == "main" for log, _ in counted)
+    assert counted == Counter({k: v for k, v in truth(broker, broker.jobs).items()
+                               if k[0] == "main"})  # fmt: skip
+    assert_results(run, broker.jobs)
+
+
+def test_max_watches_caps_exec_watches_and_counts_the_rest() -> None:
+    """Past flux.max_watches a job is not watched and counts errno="limit", once warned."""
+    broker = scenario_broker(late_exec)  # watches stay open longer, so they overlap
+    run = run_source(broker, make_settings(max_watches=2))
+    opened = watches(broker, EXEC)
+    refused = len(allocated(broker)) - len(opened)
+    assert refused > 0
+    assert run.sample("fluxmon_watch_errors_total", errno="limit") == refused
+    assert len(run.records("source.watch_limit")) == 1
+    assert sum(v for (log, _), v in run.events_counted().items() if log == "exec") == sum(
+        len(broker.jobs[j].exec_events) for j in opened
+    )
+    assert_results(run, broker.jobs)
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOENT], ids=["EPERM", "ENOENT"])
+def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
+    """One job's exec watch failing is counted by errno; every job still finishes."""
+    broker = scenario_broker()
+    victim = expected()["b-exit3"]["id"]
+    broker.jobs[victim].watch_errno[EXEC] = code
+    run = run_source(broker)
+    name = errno.errorcode[code]
+    assert run.samples("fluxmon_watch_errors_total") == [({"errno": name}, 1.0)]
+    (warning,) = run.records("source.watch_failed")
+    assert warning["id"] == victim
+    assert warning["error"].startswith(name)
+    others = [j for j in broker.jobs if j != victim]
+    want = truth(broker, others) + Counter(
+        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
+    )
+    assert run.events_counted() == want
+    assert_results(run, broker.jobs)
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_exec_watch_without_waitcreate_fails_with_enoent_and_is_counted() -> None:
+    """Without WAITCREATE an exec eventlog created after start gives ENOENT, counted per job."""
+    broker = scenario_broker(late_exec)
+    run = run_source(broker, bindings=FakeBindings(broker, waitcreate=False))
+    with_exec = {j.jobid for j in broker.jobs.values() if j.exec_events}
+    assert run.sample("fluxmon_watch_errors_total", errno="ENOENT") == len(with_exec)
+    assert not [k for k in run.events_counted() if k[0] == "exec"]
+    assert_results(run, broker.jobs)
+
+
+# -- watch mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("why", ["EPERM", "ENOSYS"])
+def test_fallback_to_watch_mode(why: str) -> None:
+    """EPERM (guest) or ENOSYS: one fallback warning, watch mode, each event delivered once."""
+    broker = scenario_broker()
+    guest = 1000
+    foreign = expected()["a-success"]["id"]
+    if why == "EPERM":
+        for job in broker.jobs.values():
+            job.userid = guest
+        broker.jobs[foreign].userid = 2000
+        bindings = FakeBindings(broker, userid=guest)
+    else:
+        broker.journal_service = False
+        bindings = FakeBindings(broker)
+    last = max(e["timestamp"] for j in broker.jobs.values() for e in j.main)
+    settings = make_settings(poll_interval=1.0)
+    run = run_source(broker, settings, bindings=bindings, idle_after=last + 5.0)
+
+    (fallback,) = run.records("source.fallback")
+    assert why in fallback["reason"]
+    assert fallback["mode"] == "watch"
+    (connected,) = run.records("source.connected")
+    assert "watch mode" in connected["detail"]
+    assert why in connected["detail"]
+    assert run.sample("fluxmon_connected") == 1
+    assert run.sample("fluxmon_ready") == 1
+    assert broker.job_lists, "job-list was never polled"
+    assert set(watches(broker, MAIN)) == set(broker.jobs)
+    assert set(watches(broker, MAIN).values()) == {1}
+    readable = [j for j in broker.jobs if why != "EPERM" or j != foreign]
+    assert run.events_counted() == truth(broker, readable)
+    assert_results(run, readable)
+    assert set(run.finished()) == set(readable)
+    errors = run.samples("fluxmon_watch_errors_total")
+    assert errors == ([({"errno": "EPERM"}, 1.0)] if why == "EPERM" else [])
+    assert run.sample("fluxmon_watches", eventlog="main") == 0
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_journal_mode_forced_does_not_fall_back() -> None:
+    """flux.mode = "journal" with EPERM: no fallback, disconnected with the reason."""
+    broker = scenario_broker()
+    stop = VirtualStop(broker, max_waits=1)
+    run = run_source(
+        broker,
+        make_settings(mode="journal"),
+        bindings=FakeBindings(broker, userid=1000),
+        stop=stop,
+        idle_after=None,
+    )
+    assert not run.records("source.fallback")
+    assert not run.records("source.connected")
+    (down,) = run.records("source.disconnected")
+    assert "EPERM" in down["error"]
+    assert run.sample("fluxmon_connected") == 0
+    assert broker.watches_opened == []
+    assert broker.job_lists == []
+
+
+# -- reconnects ------------------------------------------------------------------------------
+
+DROP_AT = 1795880019.30
+DOWN_FOR = 1.7
+
+
+def reconnect_broker(fail_futures: bool = True) -> tuple[FakeBroker, int, int, int]:
+    """Scenario jobs, connect after a-success ended; a drop at 19.30 while g1-g4 run.
+
+    While down (until 21.0): g1-g4 finish, g4 is purged, k runs start to end, i starts.
+    Returns the broker, the history job, the purged job and the job run while away.
+    """
+    jobs = {j.jobid: j for j in scenario_jobs()}
+    ids = {stem: want["id"] for stem, want in expected().items()}
+    purged = ids["g4-dep-failing-parent"]
+    jobs[purged].purge_at = 1795880020.0
+    start = 1795880016.75
+    broker = FakeBroker(jobs.values(), start=start)
+    broker.drop(DROP_AT, down_for=DOWN_FOR, fail_futures=fail_futures)
+    away = ids["k-exec-nonexistent-cmd"]
+    assert broker.jobs[away].submit_time > DROP_AT
+    assert (broker.jobs[away].first("clean") or 0) < DROP_AT + DOWN_FOR
+    return broker, ids["a-success"], purged, away
+
+
+def seen_before_drop(job: FakeJob) -> Counter[tuple[str, str]]:
+    """The job's lines visible before the drop (all a source could see of a purged job)."""
+    out: Counter[tuple[str, str]] = Counter()
+    for e in job.eventlog:
+        if e["timestamp"] < DROP_AT:
+            out[("main", e["name"])] += 1
+    for i, e in enumerate(job.exec_events):
+        if job.exec_visible_at(i) < DROP_AT:
+            out[("exec", e["name"])] += 1
+    return out
+
+
+def run_reconnect(fail_futures: bool) -> tuple[Run, int, int, int, list[tuple[float, float]]]:
+    """The reconnect scenario; also returns (connected, ready) gauges seen while away."""
+    broker, history_job, purged, away = reconnect_broker(fail_futures)
+    stop = VirtualStop(broker)
+    while_away: list[tuple[float, float]] = []
+    probe: list[Run] = []
+
+    def on_wait(_: float) -> None:
+        if probe:
+            while_away.append(
+                (
+                    probe[0].sample("fluxmon_connected") or 0.0,
+                    probe[0].sample("fluxmon_ready") or 0.0,
+                )
+            )
+
+    stop.on_wait = on_wait
+    settings = make_settings(reconnect_min=1.0, reconnect_max=8.0)
+    stream = io.StringIO()
+    parts = build(settings, stream, clock=None)
+    broker.stop_when_idle(stop, after=DROP_AT + DOWN_FOR)
+    source = FluxSource(
+        settings.flux,
+        uri=URI,
+        bindings=FakeBindings(broker),
+        stats=parts.self_metrics,
+        log=parts.log,
+        clock=broker.clock,
+        monotonic=broker.clock,
+        rng=random.Random(3),
+    )
+    run = Run(broker, parts, stream, stop, source)
+    probe.append(run)
+    source.run(parts.pipeline, stop)
+    return run, history_job, purged, away, while_away
+
+
+@pytest.mark.parametrize("fail_futures", [True, False], ids=["futures-fail", "reactor-raises"])
+def test_reconnect_resumes_without_double_counting(fail_futures: bool) -> None:
+    """A dropped connection: disconnected with a reason, one reconnect, main events once."""
+    run, history_job, purged, away, while_away = run_reconnect(fail_futures)
+    broker = run.broker
+    (down,) = run.records("source.disconnected")
+    assert "ECONNRESET" in down["error"] or "reset" in down["error"].lower()
+    assert while_away
+    assert all(c == 0 and r == 0 for c, r in while_away)
+    assert [ok for _, ok in broker.connects] == [True] + [False] * (len(broker.connects) - 2) + [
+        True
+    ]
+    assert run.sample("fluxmon_reconnects_total") == 1
+    assert run.sample("fluxmon_connected") == 1
+    assert run.sample("fluxmon_ready") == 1
+    assert len(run.records("source.connected")) == 2
+
+    (forgotten,) = run.records("job.forgotten")
+    assert forgotten["id"] == purged
+    assert forgotten["reason"]
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+    counted = run.events_counted()
+    others = [j for j in broker.jobs if j not in (history_job, purged)]
+    want = truth(broker, others) + seen_before_drop(broker.jobs[purged])
+    main = Counter({k: v for k, v in counted.items() if k[0] == "main"})
+    assert main == Counter({k: v for k, v in want.items() if k[0] == "main"})
+    for key, value in counted.items():
+        assert value <= want[key], key  # nothing counted twice
+    # The job that ran start to end while fluxmon was away is counted from history.
+    away_main = [r for r in run.records("job.event") if r["id"] == away and r["eventlog"] == "main"]
+    assert len(away_main) == len(broker.jobs[away].eventlog)
+    finished = run.finished()
+    assert set(finished) == set(others)
+    assert_results(run, others)
+    assert away in finished
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+    assert not run.records("source.callback_failed")
+
+
+def test_reconnect_counts_exec_events_of_jobs_that_finished_while_away() -> None:
+    """Exec lines written while away, by jobs that finished then, are counted once."""
+    run, history_job, purged, _, _ = run_reconnect(True)
+    broker = run.broker
+    others = [j for j in broker.jobs if j not in (history_job, purged)]
+    want = truth(broker, others) + seen_before_drop(broker.jobs[purged])
+    assert run.events_counted() == want
+
+
+def test_held_clean_survives_a_dropped_connection() -> None:
+    """A job whose clean is held for late exec events when the link drops still finishes once."""
+    job = late_exec(load_scenario(BY_STEM["b-exit3"]), after_clean=2.0)
+    clean = job.first("clean")
+    assert clean is not None
+    broker = FakeBroker([job], start=SCENARIO_START)
+    broker.drop(clean + 0.5, down_for=1.0)  # clean delivered and held, exec not yet
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert run.sample("fluxmon_reconnects_total") == 1
+    assert set(run.finished()) == {job.jobid}
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_first_connection_failure_raises_and_exits_69() -> None:
+    """Broker unreachable at start: FluxUnavailable; serve maps it to exit status 69."""
+    broker = scenario_broker()
+    broker.down_until = broker.now + 100.0
+    with pytest.raises(FluxUnavailable, match="Connection refused"):
+        run_source(broker)
+    assert broker.connects == [(SCENARIO_START, False)]
+
+    settings = make_settings()
+    settings = dataclasses.replace(
+        settings, http=dataclasses.replace(settings.http, listen=("127.0.0.1", 0))
+    )
+
+    def factory(parts: Parts) -> FluxSource:
+        return FluxSource(
+            settings.flux,
+            uri=URI,
+            bindings=FakeBindings(broker),
+            stats=parts.self_metrics,
+            log=parts.log,
+            clock=broker.clock,
+            monotonic=broker.clock,
+        )
+
+    log = io.StringIO()
+    assert serve(settings, factory, mode="flux", log_stream=log, environ={}) == EX_UNAVAILABLE
+    assert any(r["msg"] == "source.unavailable" for r in parse_log(log.getvalue()))
+
+
+def test_reconnect_backoff_is_capped_exponential_with_jitter() -> None:
+    """While the broker stays down, waits double up to reconnect_max, each jittered."""
+    broker = scenario_broker()
+    broker.drop(SCENARIO_START + 1.0, down_for=10_000.0)
+    stop = VirtualStop(broker, max_waits=8)
+    seed = 11
+    run = run_source(
+        broker,
+        make_settings(reconnect_min=1.0, reconnect_max=8.0),
+        stop=stop,
+        idle_after=None,
+        seed=seed,
+    )
+    retry = [r["retry_in"] for r in run.records("source.reconnect_failed")]
+    assert retry == [2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
+    assert retry == sorted(retry)
+    assert max(retry) == 8.0
+    rng = random.Random(seed)
+    bases = [1.0, *retry]
+    assert stop.waits == pytest.approx([b * (0.5 + 0.5 * rng.random()) for b in bases])
+    assert all(b / 2 <= w <= b <= 8.0 for w, b in zip(stop.waits, bases, strict=True))
+    assert [ok for _, ok in broker.connects] == [True] + [False] * 7
+    assert run.sample("fluxmon_connected") == 0
+
+
+# -- malformed input -------------------------------------------------------------------------
+
+
+def test_malformed_journal_payloads_are_refused_and_the_stream_goes_on() -> None:
+    """Bad payloads count as malformed; the jobs after them are still followed to the end."""
+    broker, _ = broker_from_raw_journal()
+    _, live = load_raw_journal()
+    jobid = live[0]["id"]
+    t0 = live[0]["events"][0]["timestamp"] + 0.001
+    bad = [
+        {"id": "x"},
+        {"id": jobid, "events": [{"timestamp": t0}]},
+        {"id": jobid, "events": ["oops"]},
+        "not an object",
+        {"id": jobid},
+    ]
+    for i, payload in enumerate(bad):
+        broker.inject(t0 + i * 1e-4, payload)
+    run = run_source(broker)
+    assert run.sample("fluxmon_event_errors_total", reason="malformed") == len(bad)
+    assert len(run.records("event.rejected")) == len(bad)
+    assert not run.records("source.callback_failed")
+    finished = run.finished()
+    assert jobid in finished
+    assert len(finished) == len({r["id"] for r in live})
+    assert run.sample("fluxmon_ready") == 1
+
+
+def test_non_numeric_timestamp_is_refused_as_malformed() -> None:
+    """An entry with a string timestamp is refused as malformed, not a callback failure."""
+    broker, _ = broker_from_raw_journal()
+    _, live = load_raw_journal()
+    jobid = live[0]["id"]
+    t0 = live[0]["events"][0]["timestamp"] + 0.001
+    broker.inject(t0, {"id": jobid, "events": [{"name": "memo", "timestamp": "soon"}]})
+    run = run_source(broker)
+    assert run.sample("fluxmon_event_errors_total", reason="malformed") == 1
+    assert not run.records("source.callback_failed")
+
+
+# -- fluxmon record --------------------------------------------------------------------------
+
+
+def record_with(
+    broker: FakeBroker, *, count: int | None = None, interrupt_when_idle: bool = False
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """``fluxmon.app.record`` on the fake; Ctrl-C (SIGINT) once the broker is idle."""
+    settings = make_settings()
+    if interrupt_when_idle:
+        fired: list[bool] = []
+
+        def interrupt() -> None:
+            if not fired:
+                fired.append(True)
+                signal.raise_signal(signal.SIGINT)
+
+        broker.idle_hooks.append(interrupt)
+
+    def factory(stats: SelfMetrics, log: Any) -> FluxSource:
+        return FluxSource(
+            settings.flux,
+            uri=URI,
+            bindings=FakeBindings(broker),
+            stats=stats,
+            log=log,
+            clock=broker.clock,
+            monotonic=broker.clock,
+            rng=random.Random(5),
+        )
+
+    out, err = io.StringIO(), io.StringIO()
+    status = record(factory, settings, out, err, count=count)
+    return status, out.getvalue(), parse_log(err.getvalue())
+
+
+def test_record_writes_a_replayable_journal(tmp_path: Path) -> None:
+    """fluxmon record until Ctrl-C writes what replays to the recorded journal's records."""
+    assert threading.current_thread() is threading.main_thread()
+    broker, _ = broker_from_raw_journal()
+    status, text, log = record_with(broker, interrupt_when_idle=True)
+    assert status == EX_OK
+    recorded = [json.loads(line) for line in text.splitlines()]
+    reference = [json.loads(line) for line in REPLAY_JOURNAL.read_text().splitlines()]
+    assert sorted(recorded, key=json.dumps) == sorted(reference, key=json.dumps)
+    path = tmp_path / "recorded.jsonl"
+    path.write_text(text)
+    assert replay_finished([path]) == replay_finished([REPLAY_JOURNAL])
+    assert [r["msg"] for r in log].count("fluxmon.stop") == 1
+
+
+def test_record_count_stops_after_n_jobs_with_exec_events(tmp_path: Path) -> None:
+    """record --count 3 stops once three jobs finish live; exec lines are recorded too."""
+    broker = scenario_broker()
+    status, text, log = record_with(broker, count=3)
+    assert status == EX_OK
+    lines = [json.loads(line) for line in text.splitlines()]
+    cleans = [e["id"] for e in lines if e["name"] == "clean" and e["eventlog"] == MAIN]
+    first = ["a-success", "b-exit3", "c-signal-kill9"]
+    assert cleans == [expected()[s]["id"] for s in first]
+    assert any(e["eventlog"] == EXEC for e in lines)
+    assert broker.agenda, "record did not stop before the broker ran out of jobs"
+    path = tmp_path / "recorded.jsonl"
+    path.write_text(text)
+    assert replay_finished([path]) == replay_finished([BY_STEM[s] for s in first])
+    (stopped,) = [r for r in log if r["msg"] == "fluxmon.stop"]
+    assert stopped["jobs"] == 3
+
+
+def test_record_exits_69_when_flux_is_unreachable() -> None:
+    """fluxmon record against a broker that is down exits 69 with one error record."""
+    broker = scenario_broker()
+    broker.down_until = broker.now + 10.0
+    status, text, log = record_with(broker)
+    assert status == EX_UNAVAILABLE
+    assert text == ""
+    assert [r["msg"] for r in log if r["level"] == "error"] == ["source.unavailable"]
+
+
+# -- the fake itself behaves like the bindings -----------------------------------------------
+
+
+def test_fake_reactor_stops_on_an_escaping_exception_and_drops_unreferenced_futures() -> None:
+    """Like flux-core's: a raising callback stops run(); an unkept, unreset future is dropped."""
+    broker, _ = broker_from_raw_journal()
+    bindings = FakeBindings(broker)
+    handle = bindings.connect(URI)
+
+    def boom(fut: Any) -> None:
+        fut.get()
+        raise ValueError("boom")
+
+    journal = bindings.journal(handle)
+    journal.then(boom)
+    with pytest.raises(ValueError, match="boom"):
+        bindings.run(handle)
+    assert broker.callbacks == 1
+
+    calls: list[int] = []
+    handle2 = bindings.connect(URI)
+    bindings.journal(handle2).then(lambda f: calls.append(f.get()["id"]))  # no reset, no ref
+    timer_calls: list[float] = []
+    timer = bindings.timer(handle2, 0.5, lambda: timer_calls.append(broker.now))
+    broker.idle_hooks.append(lambda: bindings.stop(handle2) if len(timer_calls) > 3 else None)
+    bindings.run(handle2)
+    assert len(calls) == 1  # one response, then the future was collected
+    assert timer_calls == pytest.approx([timer_calls[0] + 0.5 * i for i in range(len(timer_calls))])
+    timer.stop()
+    fut = bindings.journal(handle2)
+    fut.then(lambda f: None)
+    with pytest.raises(OSError, match="already exists") as info:
+        fut.then(lambda f: None)
+    assert info.value.errno == errno.EEXIST
+
+
+def test_fake_watch_waits_for_creation_and_ends_with_none() -> None:
+    """An exec watch opened at alloc waits, streams every exec line, then gives None."""
+    job = load_scenario(BY_STEM["b-exit3"])
+    broker = FakeBroker([job], start=SCENARIO_START)
+    bindings = FakeBindings(broker)
+    handle = bindings.connect(URI)
+    alloc = job.first("alloc")
+    assert alloc is not None
+    broker.advance(alloc - broker.now)
+    got: list[Any] = []
+    watch = bindings.watch(handle, job.jobid, EXEC)
+
+    def on_event(fut: Any) -> None:
+        event = fut.get_event()
+        got.append(event)
+        if event is None:
+            bindings.stop(handle)
+
+    watch.then(on_event)
+    bindings.run(handle)
+    assert [e.name for e in got[:-1]] == [e["name"] for e in job.exec_events]
+    assert all(isinstance(e.context, dict) for e in got[:-1])
+    assert got[-1] is None
+    unknown = bindings.watch(handle, 12345, EXEC)
+    with pytest.raises(OSError, match="not found") as info:
+        unknown.get_event()
+    assert info.value.errno == errno.ENOENT
