@@ -198,6 +198,7 @@ def serve(
         tls_key=http.tls_key,
         tls_client_ca=http.tls_client_ca,
         basic_auth=http.basic_auth,
+        log=log,
     )
     try:
         server.start()

@@ -45,7 +45,8 @@ from prometheus_client.exposition import choose_encoder
 
 __all__ = ["Health", "MetricsServer"]
 
-_log = structlog.get_logger("fluxmon.http")
+#: Used only when no logger is passed in (the daemon passes its own).
+_default_log: Any = structlog.get_logger("fluxmon.http")
 
 _TEXT: Final = "text/plain; charset=utf-8"
 _HTML: Final = "text/html; charset=utf-8"
@@ -108,12 +109,12 @@ def _accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def _probe(check: Callable[[], tuple[bool, str]], name: str) -> tuple[bool, str]:
+def _probe(check: Callable[[], tuple[bool, str]], name: str, log: Any) -> tuple[bool, str]:
     """Run a health check; one that raises counts as failing, with the error as reason."""
     try:
         ok, reason = check()
     except Exception as exc:
-        _log.exception("http.health_check_failed", check=name)
+        log.exception("http.health_check_failed", check=name)
         return False, f"{name} check failed: {type(exc).__name__}: {exc}"
     return bool(ok), reason
 
@@ -199,17 +200,19 @@ class _Endpoints:
         health: Health,
         version: str,
         auth: _BasicAuth | None,
+        log: Any,
     ) -> None:
         self._registry = registry
         self._health = health
         self._version = version
         self._auth = auth
+        self.log = log
 
     def respond(self, request: _Request) -> _Response:
         """Answer a GET (or HEAD)."""
         path = urlsplit(request.path).path
         if path == "/healthz":
-            ok, reason = _probe(self._health.liveness, "liveness")
+            ok, reason = _probe(self._health.liveness, "liveness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ok")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
@@ -218,7 +221,7 @@ class _Endpoints:
         if path == "/metrics":
             return self._metrics(request)
         if path == "/readyz":
-            ok, reason = _probe(self._health.readiness, "readiness")
+            ok, reason = _probe(self._health.readiness, "readiness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ready")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
@@ -231,7 +234,7 @@ class _Endpoints:
         try:
             body = encoder(self._registry)
         except Exception:
-            _log.exception("http.collect_failed")
+            self.log.exception("http.collect_failed")
             return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "error collecting metrics")
         extra = [("Vary", "Accept, Accept-Encoding"), ("Cache-Control", "no-store")]
         if _accepts_gzip(request.accept_encoding):
@@ -341,6 +344,7 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.address_family = family
         self._dual_stack = dual_stack
+        self.log: Any = _default_log
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
@@ -358,7 +362,7 @@ class _Server(ThreadingHTTPServer):
         exc = sys.exception()
         if isinstance(exc, OSError):  # broken pipes, resets, timeouts, TLS errors
             return
-        _log.error("http.request_failed", client=str(client_address), exc_info=exc)
+        self.log.error("http.request_failed", client=str(client_address), exc_info=exc)
 
 
 def _split_host(host: str) -> str:
@@ -416,7 +420,10 @@ class MetricsServer:
         tls_key: Path | None = None,
         tls_client_ca: Path | None = None,
         basic_auth: Mapping[str, str] | None = None,
+        log: Any = None,
     ) -> None:
+        """``log`` is a structlog logger for request errors (default: a global one)."""
+        self._log = log if log is not None else _default_log
         if (tls_cert is None) != (tls_key is None):
             msg = "TLS needs both a certificate and a key"
             raise ValueError(msg)
@@ -429,7 +436,9 @@ class MetricsServer:
             else None
         )
         auth = _BasicAuth(basic_auth) if basic_auth else None
-        self._handler = _handler_for(_Endpoints(registry, health, version, auth), version)
+        self._handler = _handler_for(
+            _Endpoints(registry, health, version, auth, self._log), version
+        )
         self._listen = (_split_host(listen[0]), listen[1])
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -458,6 +467,7 @@ class MetricsServer:
                 reason = exc.strerror or str(exc)
                 msg = f"cannot listen on {_format_address(host, port)}: {reason}"
                 raise OSError(exc.errno, msg) from exc
+            server.log = self._log
             if self._tls is not None:
                 # The handshake is done by each request's thread (see _Handler.setup).
                 server.socket = self._tls.wrap_socket(

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
+import os
 import random
 import threading
 import time
@@ -130,6 +132,76 @@ class Bindings(Protocol):
         """Release the handle."""
 
 
+class _FastRPC:
+    """A streaming RPC future read through flux-core's C API (``_flux._core``).
+
+    ``flux.rpc.RPC.get``/``reset`` rebuild a cffi wrapper on every call; on the journal
+    that doubled fluxmon's CPU per event (76 µs against 40 µs per response, measured
+    with a bare consumer on a 0.88 broker). The Python future is kept, so ``then`` and
+    its reference keeping are the bindings' own.
+    """
+
+    __slots__ = ("_buf", "_ffi", "_future", "_handle", "_lib")
+
+    def __init__(self, future: Any, ffi: Any, lib: Any) -> None:
+        self._future = future
+        self._handle = future.pimpl.handle
+        self._ffi = ffi
+        self._lib = lib
+        self._buf = ffi.new("char **")
+
+    def then(self, callback: Callable[[Any], None]) -> Any:
+        """Call ``callback(self)`` on each response."""
+        return self._future.then(lambda _future: callback(self))
+
+    def get(self) -> Any:
+        """The decoded payload; OSError with the future's errno and error string."""
+        if self._lib.flux_rpc_get(self._handle, self._buf) < 0:
+            code = self._ffi.errno
+            text = self._lib.flux_future_error_string(self._handle)
+            raise OSError(code, self._ffi.string(text).decode() if text else os.strerror(code))
+        raw = self._buf[0]
+        return json.loads(self._ffi.string(raw)) if raw else None
+
+    def reset(self) -> None:
+        """Re-arm for the next response."""
+        self._lib.flux_future_reset(self._handle)
+
+
+class _FastWatch:
+    """An eventlog watch future read through the C API (see :class:`_FastRPC`)."""
+
+    __slots__ = ("_buf", "_ffi", "_future", "_handle", "_lib")
+
+    def __init__(self, future: Any, ffi: Any, lib: Any) -> None:
+        self._future = future
+        self._handle = future.pimpl.handle
+        self._ffi = ffi
+        self._lib = lib
+        self._buf = ffi.new("char **")
+
+    def then(self, callback: Callable[[Any], None]) -> Any:
+        """Call ``callback(self)`` on each event."""
+        return self._future.then(lambda _future: callback(self))
+
+    def get_event(self) -> Any:
+        """The next entry as a dict, None at the end of the stream (ENODATA)."""
+        if self._lib.flux_job_event_watch_get(self._handle, self._buf) < 0:
+            code = self._ffi.errno
+            if code == errno.ENODATA:
+                self._future.needs_cancel = False
+                return None
+            text = self._lib.flux_future_error_string(self._handle)
+            raise OSError(code, self._ffi.string(text).decode() if text else os.strerror(code))
+        entry = json.loads(self._ffi.string(self._buf[0]))
+        self._lib.flux_future_reset(self._handle)
+        return entry
+
+    def cancel(self, stop: bool = False) -> None:
+        """Stop watching (the bindings' own cancel)."""
+        self._future.cancel(stop=stop)
+
+
 class FluxBindings:
     """The real binding surface, on flux-core's Python bindings (``import flux``)."""
 
@@ -142,6 +214,12 @@ class FluxBindings:
         except ImportError as err:
             raise FluxUnavailable(f"{BINDINGS_HINT} ({err})") from None
         self._flux = flux
+        try:
+            from _flux._core import ffi, lib
+
+            self._c: tuple[Any, Any] | None = (ffi, lib)
+        except ImportError:  # a bindings layout without _flux: use the public objects
+            self._c = None
 
     def connect(self, uri: str) -> Any:
         """Open a handle to ``uri``."""
@@ -154,17 +232,23 @@ class FluxBindings:
     def journal(self, handle: Any) -> RPCFuture:
         """The raw streaming RPC (the consumer class sorts and hides errors)."""
         flags = self._flux.constants.FLUX_RPC_STREAMING
-        future: RPCFuture = handle.rpc(JOURNAL_TOPIC, {"full": True}, 0, flags)
-        return future
+        future = handle.rpc(JOURNAL_TOPIC, {"full": True}, 0, flags)
+        if self._c is not None:
+            return _FastRPC(future, *self._c)
+        rpc: RPCFuture = future
+        return rpc
 
     def watch(self, handle: Any, jobid: int, eventlog: str) -> WatchFuture:
         """``event_watch_async`` with WAITCREATE, so a watch opened early does not ENOENT."""
         event = self._flux.job.event
         flags = self._flux.constants.FLUX_JOB_EVENT_WATCH_WAITCREATE
-        future: WatchFuture = event.JobEventWatchFuture(
+        future = event.JobEventWatchFuture(
             event.RAW.event_watch(handle, int(jobid), eventlog, flags)
         )
-        return future
+        if self._c is not None:
+            return _FastWatch(future, *self._c)
+        watch: WatchFuture = future
+        return watch
 
     def job_list(self, handle: Any, since: float) -> RPCFuture:
         """``job_list`` for every user with no entry cap."""
@@ -581,12 +665,16 @@ class _Session:
         self.src.stats.watch_opened(eventlog)
         future.then(self._guard(lambda f: self._on_watch(jobid, eventlog, f)))
 
-    def _close_watch(self, jobid: int, eventlog: str, future: WatchFuture) -> None:
+    def _close_watch(
+        self, jobid: int, eventlog: str, future: WatchFuture, *, cancel: bool = True
+    ) -> None:
+        """Forget a watch; cancel it unless its stream already ended (no RPC for nothing)."""
         if self.watches.pop((jobid, eventlog), None) is None:
             return
         self.src.stats.watch_closed(eventlog)
-        with contextlib.suppress(OSError):
-            future.cancel(stop=True)
+        if cancel:
+            with contextlib.suppress(OSError):
+                future.cancel(stop=True)
 
     def _on_watch(self, jobid: int, eventlog: str, future: WatchFuture) -> None:
         if (jobid, eventlog) not in self.watches:
@@ -616,7 +704,7 @@ class _Session:
             self._deliver_exec(event)
 
     def _watch_ended(self, jobid: int, eventlog: str, future: WatchFuture) -> None:
-        self._close_watch(jobid, eventlog, future)
+        self._close_watch(jobid, eventlog, future, cancel=False)
         if eventlog == EXEC:
             self._release(jobid)
         else:
