@@ -23,7 +23,7 @@ from fluxmon import __version__
 from fluxmon.config import Settings
 from fluxmon.events import MAIN, JobEvent
 from fluxmon.http import MetricsServer
-from fluxmon.logs import LogSink, make_logger
+from fluxmon.logs import LineWriter, LogSink, make_logger
 from fluxmon.metrics import (
     Buckets,
     JobMetrics,
@@ -62,7 +62,8 @@ class Parts:
 
 def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
     """Assemble the pipeline from settings; ``clock`` measures event lag (None: off)."""
-    log = make_logger(log_stream, settings.log.format, settings.log.level)
+    writer = LineWriter(log_stream)
+    log = make_logger(writer, settings.log.format, settings.log.level)
     registry = CollectorRegistry(auto_describe=False)
     m = settings.metrics
     job_metrics = JobMetrics(
@@ -79,7 +80,7 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
     log_sink = LogSink(log, events=settings.log.events == "all")
     tracker = Tracker([metrics_sink, log_sink])
-    pipeline = Pipeline(tracker, metrics_sink, self_metrics, log, clock=clock)
+    pipeline = Pipeline(tracker, metrics_sink, self_metrics, log, clock=clock, writer=writer)
     registry.register(SnapshotCollector(pipeline.snapshot))
     return Parts(registry, tracker, pipeline, self_metrics, log)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, Literal, TextIO
 
@@ -64,8 +65,48 @@ def render_logfmt(_logger: object, _name: str, event_dict: MutableMapping[str, A
     return " ".join(head)
 
 
+class LineWriter:
+    """The structlog logger at the end of the chain: one rendered record per line.
+
+    While :meth:`hold` is in effect, lines are kept in memory and written by
+    :meth:`release`: the pipeline holds them while it owns the tracker lock, so a slow
+    stdout (journald under pressure) never stalls scrapes, and a batch of records costs
+    one write and one flush.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._held: list[str] | None = None
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Write one record (or keep it, while held)."""
+        held = self._held
+        if held is not None:
+            held.append(message)
+            return
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+    def hold(self) -> None:
+        """Keep records in memory until :meth:`release`."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Write the kept records, in order, with one flush."""
+        held, self._held = self._held, None
+        if held:
+            with self._lock:
+                self._stream.write("\n".join(held) + "\n")
+                self._stream.flush()
+
+
 def make_logger(
-    stream: TextIO, fmt: LogFormat = "logfmt", level: str = "info"
+    stream: TextIO | LineWriter, fmt: LogFormat = "logfmt", level: str = "info"
 ) -> FilteringBoundLogger:
     """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
     renderer: structlog.typing.Processor
@@ -73,8 +114,9 @@ def make_logger(
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
         renderer = render_logfmt
+    writer = stream if isinstance(stream, LineWriter) else LineWriter(stream)
     return structlog.wrap_logger(  # type: ignore[no-any-return]
-        structlog.WriteLogger(stream),
+        writer,
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.events import JobEvent
+from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
 from fluxmon.tracker import Tracker
 
@@ -31,8 +32,10 @@ class Pipeline:
         log: FilteringBoundLogger,
         *,
         clock: Callable[[], float] | None = None,
+        writer: LineWriter | None = None,
     ) -> None:
-        """``clock`` (wall time) is used only to measure event lag; None turns lag off."""
+        """``clock`` (wall time) measures event lag (None: off); ``writer`` is held per batch."""
+        self._writer = writer
         self.tracker = tracker
         self._sink = metrics_sink
         self._self = self_metrics
@@ -55,14 +58,21 @@ class Pipeline:
         if not batch:
             return
         apply = self.tracker.apply
-        with self._lock:
-            newest = self._last_ts
-            for event in batch:
-                apply(event, live)
-                ts = event.timestamp
-                if type(ts) is float and ts > newest:
-                    newest = ts
-            self._last_ts = newest
+        writer = self._writer
+        if writer is not None:
+            writer.hold()  # records are written after the lock: scrapes never wait on them
+        try:
+            with self._lock:
+                newest = self._last_ts
+                for event in batch:
+                    apply(event, live)
+                    ts = event.timestamp
+                    if type(ts) is float and ts > newest:
+                        newest = ts
+                self._last_ts = newest
+        finally:
+            if writer is not None:
+                writer.release()
         count = len(batch)
         if live:
             self._live_events += count
@@ -131,7 +141,9 @@ class Pipeline:
     def snapshot(self) -> tuple[Snapshot, list[str], int]:
         """Per-(queue label, state) counts and oldest entries, known queues, tracked jobs."""
         if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            return {}, [], 0
+            # Fail the scrape rather than report an empty cluster.
+            msg = f"the tracker has been busy for over {LOCK_TIMEOUT:g}s"
+            raise TimeoutError(msg)
         try:
             raw = self.tracker.snapshot()
             label = self._sink.queue_label

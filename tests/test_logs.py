@@ -8,6 +8,7 @@ import json
 import math
 import re
 import shlex
+import threading
 from typing import Any
 
 import pytest
@@ -132,3 +133,25 @@ def test_journal_logs_one_finished_record_per_job() -> None:
     text = run(events, format="logfmt")
     finished = [r for r in logfmt(text) if r["msg"] == "job.finished"]
     assert len({r["jobid"] for r in finished}) == len(finished) == 20
+
+
+def test_blocked_log_stream_does_not_block_scrapes() -> None:
+    """While the log stream blocks, a scrape still reads the tracker (records wait, not it)."""
+    gate = threading.Event()
+
+    class BlockedStream(io.StringIO):
+        def write(self, text: str) -> int:
+            gate.wait(30)
+            return super().write(text)
+
+    stream = BlockedStream()
+    parts = build(json_settings(), stream, clock=None)
+    writer = threading.Thread(target=parts.pipeline.events, args=(lifecycle(1, 10.0)[:4],))
+    writer.start()
+    try:
+        get = parts.registry.get_sample_value
+        assert get("flux_jobs", {"queue": "default", "state": "SCHED"}) == 1
+    finally:
+        gate.set()
+        writer.join()
+    assert len(parse_log(stream.getvalue())) == 4

@@ -132,13 +132,13 @@ class Bindings(Protocol):
         """Release the handle."""
 
 
-class _FastRPC:
-    """A streaming RPC future read through flux-core's C API (``_flux._core``).
+class _CFuture:
+    """A bindings future whose responses are read through flux-core's C API (``_flux._core``).
 
-    ``flux.rpc.RPC.get``/``reset`` rebuild a cffi wrapper on every call; on the journal
-    that doubled fluxmon's CPU per event (76 µs against 40 µs per response, measured
-    with a bare consumer on a 0.88 broker). The Python future is kept, so ``then`` and
-    its reference keeping are the bindings' own.
+    ``flux.rpc.RPC.get`` and ``JobEventWatchFuture.get_event`` rebuild cffi wrappers on
+    every call; on the journal that doubled fluxmon's CPU per event (76 µs against 40 µs
+    per response, measured with a bare consumer on a 0.88 broker). The Python future is
+    kept, so ``then`` and its reference keeping are the bindings' own.
     """
 
     __slots__ = ("_buf", "_ffi", "_future", "_handle", "_lib")
@@ -154,12 +154,21 @@ class _FastRPC:
         """Call ``callback(self)`` on each response."""
         return self._future.then(lambda _future: callback(self))
 
+    def _error(self) -> OSError:
+        code = self._ffi.errno
+        text = self._lib.flux_future_error_string(self._handle)
+        return OSError(code, self._ffi.string(text).decode() if text else os.strerror(code))
+
+
+class _FastRPC(_CFuture):
+    """A streaming RPC (``RPCFuture``)."""
+
+    __slots__ = ()
+
     def get(self) -> Any:
         """The decoded payload; OSError with the future's errno and error string."""
         if self._lib.flux_rpc_get(self._handle, self._buf) < 0:
-            code = self._ffi.errno
-            text = self._lib.flux_future_error_string(self._handle)
-            raise OSError(code, self._ffi.string(text).decode() if text else os.strerror(code))
+            raise self._error()
         raw = self._buf[0]
         return json.loads(self._ffi.string(raw)) if raw else None
 
@@ -168,31 +177,18 @@ class _FastRPC:
         self._lib.flux_future_reset(self._handle)
 
 
-class _FastWatch:
-    """An eventlog watch future read through the C API (see :class:`_FastRPC`)."""
+class _FastWatch(_CFuture):
+    """An eventlog watch (``WatchFuture``)."""
 
-    __slots__ = ("_buf", "_ffi", "_future", "_handle", "_lib")
-
-    def __init__(self, future: Any, ffi: Any, lib: Any) -> None:
-        self._future = future
-        self._handle = future.pimpl.handle
-        self._ffi = ffi
-        self._lib = lib
-        self._buf = ffi.new("char **")
-
-    def then(self, callback: Callable[[Any], None]) -> Any:
-        """Call ``callback(self)`` on each event."""
-        return self._future.then(lambda _future: callback(self))
+    __slots__ = ()
 
     def get_event(self) -> Any:
-        """The next entry as a dict, None at the end of the stream (ENODATA)."""
+        """The next entry as a dict (re-arming the future), None at the end (ENODATA)."""
         if self._lib.flux_job_event_watch_get(self._handle, self._buf) < 0:
-            code = self._ffi.errno
-            if code == errno.ENODATA:
-                self._future.needs_cancel = False
+            if self._ffi.errno == errno.ENODATA:
+                self._future.needs_cancel = False  # ended: no cancel RPC when collected
                 return None
-            text = self._lib.flux_future_error_string(self._handle)
-            raise OSError(code, self._ffi.string(text).decode() if text else os.strerror(code))
+            raise self._error()
         entry = json.loads(self._ffi.string(self._buf[0]))
         self._lib.flux_future_reset(self._handle)
         return entry
