@@ -14,11 +14,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +176,11 @@ RESTART = r"""
 set -u
 flux submit --wait true >/dev/null
 flux submit --wait sh -c 'exit 4' >/dev/null
-id=$(flux submit sleep 3)
+id=$(flux submit sleep 30)
 flux job wait-event -t 30 $id start >/dev/null
+flux cancel $id
+flux job wait-event -t 30 $id clean >/dev/null
+sleep 0.5  # let fluxmon read the last events before this broker goes away
 """
 
 
@@ -215,7 +219,7 @@ def test_survives_broker_restart(tmp_path: Path) -> None:
     assert msgs["source.connected"] >= 2
     assert msgs["source.disconnected"] >= 2
     finished = [r for r in lines if r["msg"] == "job.finished"]
-    # Each instance: true, exit 4, and the sleep its shutdown cancels while running.
+    # Each instance: true, exit 4, and a sleep canceled while running.
     assert sorted((r["result"], r["returncode"]) for r in finished) == [
         ("canceled", 143), ("canceled", 143), ("completed", 0), ("completed", 0),
         ("failed", 4), ("failed", 4),
@@ -275,3 +279,78 @@ def test_guest_falls_back_to_watch_mode(tmp_path: Path) -> None:
         assert finished[jobid]["returncode"] == job["returncode"]
     found = metrics((out / "metrics.txt").read_text())
     assert all(s.value == 0 for s in found["fluxmon_event_errors"])
+
+
+GUEST = r"""
+set -u
+out=$1; port=$2
+chmod 0755 "$out"
+runuser -u nobody -- env PYTHONPATH="$PYTHONPATH" "$GUEST_PYTHON" -m fluxmon run \
+    --uri "$FLUX_URI" --listen 127.0.0.1:$port -c "$out/fluxmon.toml" > "$out/fluxmon.log" 2>&1 &
+for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
+theirs=$(flux submit true)
+flux job wait-event -t 60 $theirs clean >/dev/null
+sleep 2
+curl -sf 127.0.0.1:$port/metrics > "$out/metrics.txt"
+pkill -TERM -u nobody -f "fluxmon run"; sleep 1
+"""
+
+
+def _guest_python() -> str | None:
+    """An interpreter with fluxmon that the unprivileged user ``nobody`` can run."""
+    python = os.environ.get("FLUXMON_GUEST_PYTHON", sys.executable)
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        return None
+    probe = subprocess.run(
+        ["runuser", "-u", "nobody", "--", python, "-c", "import fluxmon"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return python if probe.returncode == 0 else None
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder the unprivileged user can reach (pytest's is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="fluxmon-guest-"))
+    path.chmod(0o755)
+    yield path
+    if not os.environ.get("FLUXMON_KEEP_TMP"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_guest_is_told_why_it_falls_back(open_tmp: Path) -> None:
+    """Run as a guest, fluxmon says in one line why it uses watch mode, and keeps going.
+
+    A test instance signs nothing (``sign-type=none``), so a guest cannot submit here;
+    the guest sees the owner's job listed and is refused its eventlog (EPERM), counted.
+    """
+    assert FLUX is not None
+    python = _guest_python()
+    if python is None:
+        pytest.skip("needs root, runuser, and a Python with fluxmon that `nobody` can run")
+    tmp_path = open_tmp
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "access.toml").write_text("[access]\nallow-guest-user = true\n")
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o755)
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    (out / "fluxmon.toml").write_text('[log]\nformat = "json"\n[flux]\npoll_interval = 0.5\n')
+    (tmp_path / "guest.sh").write_text(GUEST)
+    env = dict(fluxmon_env(), GUEST_PYTHON=python)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=1", "-c", str(conf), f"--test-rundir={rundir}",
+         "bash", str(tmp_path / "guest.sh"), str(out), str(free_port())],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (fallback,) = records(out, "source.fallback")
+    assert "EPERM" in fallback["reason"]
+    assert "not the instance owner" in fallback["reason"]
+    assert "watch mode" in records(out, "source.connected")[0]["detail"]
+    assert records(out, "job.finished") == []
+    errors = {s.labels["errno"]: s.value for s in metrics((out / "metrics.txt").read_text())[
+        "fluxmon_watch_errors"]}  # fmt: skip
+    assert errors.get("EPERM", 0) >= 1  # the owner's job: listed, not readable
+    assert [r["msg"] for r in records(out, "source.watch_failed")] == ["source.watch_failed"]
