@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, TypeGuard
 
 from fluxmon.events import (
@@ -72,7 +72,6 @@ _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "epilog-start": ("epilog", True),
     "epilog-finish": ("epilog", False),
 }
-_NEW_RANK: Final = RANK["NEW"]
 #: Finished jobs remembered so a repeated final event reads as a duplicate, not unknown.
 RECENT_FINISHED: Final = 4096
 
@@ -646,11 +645,3 @@ class Tracker:
         # site-defined names: recorded, no state change.
         return True
 
-
-def apply_all(tracker: Tracker, events: Iterable[JobEvent], live: bool = True) -> int:
-    """Apply events in order; return how many were accepted."""
-    accepted = 0
-    apply = tracker.apply
-    for event in events:
-        accepted += apply(event, live)
-    return accepted

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
@@ -139,7 +139,3 @@ class ReplaySource:
                             return
             downstream.events(batch)
 
-
-def as_mapping(value: object) -> Mapping[str, Any]:
-    """``value`` if it is a mapping, else an empty one (for optional JSON objects)."""
-    return value if isinstance(value, Mapping) else EMPTY_CONTEXT
