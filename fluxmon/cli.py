@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from fluxmon import __version__
@@ -115,7 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     """``run`` and ``record``: the commands that need the Flux bindings."""
     from fluxmon import app
-    from fluxmon.sources.flux import FluxBindings, FluxSource, FluxUnavailable, resolve_uri
+    from fluxmon.sources.flux import (
+        Checkpoint,
+        FluxBindings,
+        FluxSource,
+        FluxUnavailable,
+        resolve_uri,
+    )
 
     try:
         bindings = FluxBindings()
@@ -124,8 +131,23 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
         return EX_UNAVAILABLE
     uri = resolve_uri(args.uri or settings.flux.uri, os.environ)
 
+    # The checkpoint directory: the config's, else systemd's StateDirectory= for us.
+    state_dir = settings.state.checkpoint_dir or (
+        Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        if os.environ.get("STATE_DIRECTORY")
+        else None
+    )
+    checkpoint = Checkpoint(state_dir) if state_dir is not None and args.command == "run" else None
+
     def source(stats: SelfMetrics, log: FilteringBoundLogger) -> FluxSource:
-        return FluxSource(settings.flux, uri=uri, bindings=bindings, stats=stats, log=log)
+        return FluxSource(
+            settings.flux,
+            uri=uri,
+            bindings=bindings,
+            stats=stats,
+            log=log,
+            checkpoint=checkpoint,
+        )
 
     if args.command == "record":
         if args.output == "-":

@@ -644,4 +644,3 @@ class Tracker:
         # invalidate, memo, dependency-*, set-flags, resource-update, debug.* and
         # site-defined names: recorded, no state change.
         return True
-

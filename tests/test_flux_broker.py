@@ -354,3 +354,60 @@ def test_guest_is_told_why_it_falls_back(open_tmp: Path) -> None:
         "fluxmon_watch_errors"]}  # fmt: skip
     assert errors.get("EPERM", 0) >= 1  # the owner's job: listed, not readable
     assert [r["msg"] for r in records(out, "source.watch_failed")] == ["source.watch_failed"]
+
+
+CHECKPOINTED = r"""
+set -u
+out=$1; port=$2
+start() {
+  "$FLUXMON" run --listen 127.0.0.1:$port -c "$out/fluxmon.toml" > "$out/$1.log" 2>&1 &
+  fm=$!
+  for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
+}
+stop() { sleep 1.5; curl -sf 127.0.0.1:$port/metrics > "$out/$1.txt"; kill -TERM $fm; wait $fm; }
+ids=()
+batch() {
+  for cmd in true "sh -c 'exit 2'" "sleep 1"; do ids+=("$(eval flux submit $cmd)"); done
+  for id in "${ids[@]}"; do flux job wait-event -t 60 $id clean >/dev/null; done
+}
+start first; batch; stop first
+batch  # fluxmon is down
+start second; stop second
+for id in "${ids[@]}"; do
+  echo "$(flux job id --to=dec $id) $(flux job eventlog -f json $id | wc -l) \
+$(flux job eventlog -f json -p guest.exec.eventlog $id 2>/dev/null | wc -l)"
+done > "$out/eventlog-lines.txt"
+"""
+
+
+def test_restart_with_checkpoint_misses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    """Stopped and restarted around a batch of jobs, fluxmon reports each event once."""
+    assert FLUX is not None
+    (tmp_path / "state").mkdir()
+    (tmp_path / "fluxmon.toml").write_text(
+        f'[log]\nformat = "json"\n[state]\ncheckpoint_dir = "{tmp_path / "state"}"\n'
+    )
+    (tmp_path / "w.sh").write_text(CHECKPOINTED)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=2", "bash", str(tmp_path / "w.sh"), str(tmp_path),
+         str(free_port())],
+        env=fluxmon_env(), capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = Counter[str]()
+    ids = set()
+    for row in (tmp_path / "eventlog-lines.txt").read_text().splitlines():
+        jobid, main, exec_ = row.split()
+        ids.add(int(jobid))
+        lines["main"] += int(main)
+        lines["exec"] += int(exec_)
+    counted = Counter[str]()
+    finished: list[int] = []
+    for run in ("first", "second"):
+        for sample in metrics((tmp_path / f"{run}.txt").read_text())["flux_job_events"]:
+            counted[sample.labels["eventlog"]] += int(sample.value)
+        log = [json.loads(x) for x in (tmp_path / f"{run}.log").read_text().splitlines()]
+        finished += [r["id"] for r in log if r["msg"] == "job.finished"]
+    assert counted == lines
+    assert sorted(finished) == sorted(ids)
+    assert len(ids) == 6

@@ -33,7 +33,7 @@ from fluxmon.app import EX_OK, EX_UNAVAILABLE, Parts, build, record, serve
 from fluxmon.config import Settings, load_settings
 from fluxmon.events import EXEC, MAIN
 from fluxmon.metrics import SelfMetrics
-from fluxmon.sources.flux import FluxSource, FluxUnavailable
+from fluxmon.sources.flux import Checkpoint, FluxSource, FluxUnavailable
 from fluxmon.sources.replay import ReplaySource
 from fluxmon.testing import parse_log
 from tests.conftest import DATA, SCENARIOS, expected
@@ -837,3 +837,60 @@ def test_fake_watch_waits_for_creation_and_ends_with_none() -> None:
     with pytest.raises(OSError, match="not found") as info:
         unknown.get_event()
     assert info.value.errno == errno.ENOENT
+
+
+def test_restart_from_checkpoint_counts_each_event_once(tmp_path: Path) -> None:
+    """A restart with a checkpoint counts what happened while down, once, and nothing twice."""
+    broker = scenario_broker()
+    settings = make_settings()
+    checkpoint = Checkpoint(tmp_path)
+
+    def one_run(stop_at: float | None) -> Run:
+        stream = io.StringIO()
+        parts = build(settings, stream, clock=None)
+        stop = VirtualStop(broker)
+        if stop_at is None:
+            broker.stop_when_idle(stop)
+        else:
+            broker.at(stop_at, stop.set)
+        source = FluxSource(
+            settings.flux,
+            uri=URI,
+            bindings=FakeBindings(broker),
+            stats=parts.self_metrics,
+            log=parts.log,
+            clock=broker.clock,
+            monotonic=broker.clock,
+            rng=random.Random(1),
+            checkpoint=checkpoint,
+        )
+        source.run(parts.pipeline, stop)
+        return Run(broker, parts, stream, stop, source)
+
+    before = one_run(stop_at=SCENARIO_START + 2.0)  # a-d done, e running
+    assert checkpoint.path.exists()
+    broker.advance(2.0)  # fluxmon is down while g1-g4 run and finish
+    after = one_run(stop_at=None)
+    assert after.records("checkpoint.loaded")
+    assert before.events_counted() + after.events_counted() == truth(broker, broker.jobs)
+    first, second = before.finished(), after.finished()
+    ids = {name: job["id"] for name, job in expected().items()}
+    assert {ids["a-success"], ids["b-exit3"], ids["c-signal-kill9"]} <= set(first)
+    # e-cancel-running was running at the stop; the g chain ran while fluxmon was down.
+    assert {ids["e-cancel-running"], ids["g1-dep-chain-head"], ids["g4-dep-failing-parent"]} <= (
+        set(second)
+    )
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == set(broker.jobs)
+    assert after.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_unreadable_checkpoint_is_logged_and_ignored(tmp_path: Path) -> None:
+    """A corrupt checkpoint file is reported and fluxmon starts as if there were none."""
+    (tmp_path / "fluxmon.checkpoint.json").write_text("{not json")
+    run = run_source(scenario_broker())
+    stream = io.StringIO()
+    log = build(make_settings(), stream, clock=None).log
+    assert Checkpoint(tmp_path).load(log) == (0.0, 0.0)
+    assert "checkpoint.unreadable" in stream.getvalue()
+    assert run.sample("fluxmon_tracked_jobs") == 0

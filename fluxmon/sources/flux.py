@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -48,6 +49,9 @@ SYSTEM_URI: Final = "local:///run/flux/local"
 HOLD_SECONDS: Final = 10.0
 #: Period of the housekeeping timer (stop flag, held events, polling).
 TICK: Final = 0.25
+#: Seconds between checkpoint writes (and one at exit).
+CHECKPOINT_EVERY: Final = 5.0
+CHECKPOINT_FILE: Final = "fluxmon.checkpoint.json"
 JOURNAL_TOPIC: Final = "job-manager.events-journal"
 BINDINGS_HINT: Final = (
     "the flux Python bindings are not importable; make them visible to fluxmon's Python "
@@ -70,6 +74,49 @@ def errno_name(error: OSError) -> str:
     """``ENOENT``-style name of an OSError's errno (``E?`` when it has none)."""
     code = error.errno
     return errno.errorcode.get(code, f"E{code}") if code is not None else "E?"
+
+
+class Checkpoint:
+    """The newest event timestamps delivered, kept on disk across restarts.
+
+    With it, events that happen while fluxmon is down (restart, upgrade) are counted
+    and logged once when it comes back, instead of being taken for history.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / CHECKPOINT_FILE
+        self._written: tuple[float, float] | None = None
+        self._warned = False
+
+    def load(self, log: FilteringBoundLogger) -> tuple[float, float]:
+        """(since, exec_since) from the file; (0, 0) when absent or unreadable (logged)."""
+        try:
+            data = json.loads(self.path.read_text())
+            since, exec_since = float(data["since"]), float(data.get("exec_since", 0.0))
+            if not (math.isfinite(since) and math.isfinite(exec_since)):
+                raise ValueError("not finite")
+        except FileNotFoundError:
+            return 0.0, 0.0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("checkpoint.unreadable", path=str(self.path), error=str(err))
+            return 0.0, 0.0
+        self._written = (since, exec_since)
+        return since, exec_since
+
+    def save(self, since: float, exec_since: float, log: FilteringBoundLogger) -> None:
+        """Write atomically (temporary file, then rename), only when it changed."""
+        if since <= 0 or self._written == (since, exec_since):
+            return
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"since": since, "exec_since": exec_since}) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as err:
+            if not self._warned:
+                self._warned = True
+                log.warning("checkpoint.unwritable", path=str(self.path), error=str(err))
+            return
+        self._written = (since, exec_since)
 
 
 # -- the binding surface fluxmon uses ---------------------------------------------------
@@ -283,6 +330,8 @@ class _Memory:
     """What the source remembers across sessions (the tracker outlives them too)."""
 
     since: float = 0.0  # newest main-eventlog timestamp delivered
+    exec_since: float = 0.0  # newest exec-eventlog timestamp delivered
+    resumed: bool = False  # since/exec_since come from a previous run's checkpoint
     active: set[int] = field(default_factory=set)  # jobs submitted and not yet clean
     running: set[int] = field(default_factory=set)  # jobs allocated and not yet clean
     exec_seen: dict[int, set[tuple[str, float]]] = field(default_factory=dict)
@@ -306,6 +355,7 @@ class FluxSource:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.settings = settings
         self.uri = uri
@@ -316,12 +366,30 @@ class FluxSource:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.memory = _Memory()
+        self.checkpoint = checkpoint
+        if checkpoint is not None:
+            since, exec_since = checkpoint.load(log)
+            if since > 0:
+                self.memory.since, self.memory.exec_since = since, exec_since
+                self.memory.resumed = True
+                log.info("checkpoint.loaded", path=str(checkpoint.path), since=since)
+
+    def save_checkpoint(self) -> None:
+        """Write the newest delivered timestamps (if there is a checkpoint)."""
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.memory.since, self.memory.exec_since, self.log)
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Connect, stream, and reconnect with capped exponential backoff until stopped.
 
         Raises :class:`FluxUnavailable` when the very first connection fails.
         """
+        try:
+            self._run(downstream, stop)
+        finally:
+            self.save_checkpoint()
+
+    def _run(self, downstream: Downstream, stop: threading.Event) -> None:
         backoff = self.settings.reconnect_min
         while not stop.is_set():
             try:
@@ -380,12 +448,14 @@ class _Session:
         self.history: list[JobEvent] = []
         self.history_jobs: set[int] = set()
         self.history_cutoff = 0.0
+        self.next_checkpoint = 0.0
         self.watches: dict[tuple[int, str], WatchFuture] = {}
         self.held: dict[int, tuple[list[JobEvent], float]] = {}
         self.poll_future: RPCFuture | None = None
         self.next_poll = 0.0
         self.poll_since = 0.0
         self.start_time = source.clock()
+        self.watch_cutoff = self.start_time
         self.timer: Any = None
         self.warned_limit = False
 
@@ -446,6 +516,9 @@ class _Session:
             self.src.bindings.stop(self.h)
             return
         now = self.src.monotonic()
+        if now >= self.next_checkpoint:
+            self.next_checkpoint = now + CHECKPOINT_EVERY
+            self.src.save_checkpoint()
         for jobid, (_, deadline) in list(self.held.items()):
             if now >= deadline:
                 for eventlog in (EXEC,):
@@ -530,6 +603,17 @@ class _Session:
         self.history = []
         if history:
             self.history_cutoff = history[-1].timestamp
+        if self.first and mem.resumed:
+            # Restarted from a checkpoint: what came before it rebuilds state silently;
+            # what came after happened while fluxmon was down, so it is counted once.
+            self.history_cutoff = mem.exec_since
+            self._deliver_main([e for e in history if e.timestamp <= mem.since], live=False)
+            self._resume()
+            self.catching_up = True
+            self._deliver_main([e for e in history if e.timestamp > mem.since], live=True)
+            self.catching_up = False
+            self._go_live()
+            return
         if self.first:
             self._deliver_main(history, live=False)
             self._go_live()
@@ -571,10 +655,17 @@ class _Session:
 
     def _start_watch_mode(self, detail: str) -> None:
         self.down.connected(detail, flux_version=self.flux_version)
-        self.history_cutoff = self.start_time if self.first else 0.0
-        if not self.first:
+        mem = self.mem
+        if self.first and mem.resumed:
+            self.watch_cutoff = self.history_cutoff = mem.since
+            self.poll_since = max(mem.since - 1.0, 0.0)
+        elif self.first:
+            self.watch_cutoff = self.history_cutoff = self.start_time
+            self.poll_since = self.start_time
+        else:
+            self.watch_cutoff = self.history_cutoff = 0.0
+            self.poll_since = max(mem.since - 1.0, 0.0)
             self._resume()
-        self.poll_since = self.start_time if self.first else max(self.mem.since - 1.0, 0.0)
         self.next_poll = 0.0
         self._poll()
 
@@ -694,7 +785,7 @@ class _Session:
         if event is None:
             return
         if eventlog == MAIN:
-            live = not (self.first and event.timestamp <= self.start_time)
+            live = not (self.first and event.timestamp <= self.watch_cutoff)
             self._deliver_main([event], live=live)
         else:
             self._deliver_exec(event)
@@ -772,6 +863,7 @@ class _Session:
             return  # re-read after a reconnect
         seen.add(key)
         live = not (self.first and event.timestamp <= self.history_cutoff)
+        self.mem.exec_since = max(self.mem.exec_since, event.timestamp)
         self.down.events([event], live=live)
 
     def _release(self, jobid: int) -> None:

@@ -138,4 +138,3 @@ class ReplaySource:
                         if stop.is_set():
                             return
             downstream.events(batch)
-
