@@ -117,6 +117,38 @@ def strip(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "ts"}
 
 
+def fake_source(
+    broker: FakeBroker,
+    settings: Settings,
+    stats: Any,
+    log: Any,
+    *,
+    bindings: FakeBindings | None = None,
+    seed: int = 1,
+    checkpoint: Checkpoint | None = None,
+) -> FluxSource:
+    """A FluxSource on the fake broker's bindings and virtual clock."""
+    return FluxSource(
+        settings.flux,
+        uri=URI,
+        bindings=bindings or FakeBindings(broker),
+        stats=stats,
+        log=log,
+        clock=broker.clock,
+        monotonic=broker.clock,
+        rng=random.Random(seed),
+        checkpoint=checkpoint,
+    )
+
+
+def prepare(broker: FakeBroker, settings: Settings, stop: VirtualStop, **kw: Any) -> Run:
+    """The pipeline and a FluxSource for ``broker``, not started."""
+    stream = io.StringIO()
+    parts = build(settings, stream, clock=None)
+    source = fake_source(broker, settings, parts.self_metrics, parts.log, **kw)
+    return Run(broker, parts, stream, stop, source)
+
+
 def run_source(
     broker: FakeBroker,
     settings: Settings | None = None,
@@ -127,24 +159,12 @@ def run_source(
     seed: int = 1,
 ) -> Run:
     """Run a FluxSource on ``broker`` until it is idle (past ``idle_after``) or stopped."""
-    settings = settings or make_settings()
-    stream = io.StringIO()
-    parts = build(settings, stream, clock=None)
     stop = stop or VirtualStop(broker)
     if idle_after is not None:
         broker.stop_when_idle(stop, after=idle_after)
-    source = FluxSource(
-        settings.flux,
-        uri=URI,
-        bindings=bindings or FakeBindings(broker),
-        stats=parts.self_metrics,
-        log=parts.log,
-        clock=broker.clock,
-        monotonic=broker.clock,
-        rng=random.Random(seed),
-    )
-    source.run(parts.pipeline, stop)
-    return Run(broker, parts, stream, stop, source)
+    run = prepare(broker, settings or make_settings(), stop, bindings=bindings, seed=seed)
+    run.source.run(run.parts.pipeline, stop)
+    return run
 
 
 def scenario_jobs(
@@ -239,24 +259,11 @@ def test_journal_history_is_silent_and_ready_comes_at_the_sentinel() -> None:
 
     broker.before_callback = before
     # Build the parts first so the probe can read them during the run.
-    settings = make_settings()
-    stream = io.StringIO()
-    parts = build(settings, stream, clock=None)
     stop = VirtualStop(broker)
     broker.stop_when_idle(stop)
-    source = FluxSource(
-        settings.flux,
-        uri=URI,
-        bindings=FakeBindings(broker),
-        stats=parts.self_metrics,
-        log=parts.log,
-        clock=broker.clock,
-        monotonic=broker.clock,
-        rng=random.Random(1),
-    )
-    run = Run(broker, parts, stream, stop, source)
+    run = prepare(broker, make_settings(), stop)
     registry_probe.append(run)
-    source.run(parts.pipeline, stop)
+    run.source.run(run.parts.pipeline, stop)
 
     history, live = load_raw_journal()
     sentinel_at = [i for i, (jobid, _, _) in enumerate(seen) if jobid == -1]
@@ -520,23 +527,10 @@ def run_reconnect(fail_futures: bool) -> tuple[Run, int, int, int, list[tuple[fl
             )
 
     stop.on_wait = on_wait
-    settings = make_settings(reconnect_min=1.0, reconnect_max=8.0)
-    stream = io.StringIO()
-    parts = build(settings, stream, clock=None)
     broker.stop_when_idle(stop, after=DROP_AT + DOWN_FOR)
-    source = FluxSource(
-        settings.flux,
-        uri=URI,
-        bindings=FakeBindings(broker),
-        stats=parts.self_metrics,
-        log=parts.log,
-        clock=broker.clock,
-        monotonic=broker.clock,
-        rng=random.Random(3),
-    )
-    run = Run(broker, parts, stream, stop, source)
+    run = prepare(broker, make_settings(reconnect_min=1.0, reconnect_max=8.0), stop, seed=3)
     probe.append(run)
-    source.run(parts.pipeline, stop)
+    run.source.run(run.parts.pipeline, stop)
     return run, history_job, purged, away, while_away
 
 
@@ -616,15 +610,7 @@ def test_first_connection_failure_raises_and_exits_69() -> None:
     )
 
     def factory(parts: Parts) -> FluxSource:
-        return FluxSource(
-            settings.flux,
-            uri=URI,
-            bindings=FakeBindings(broker),
-            stats=parts.self_metrics,
-            log=parts.log,
-            clock=broker.clock,
-            monotonic=broker.clock,
-        )
+        return fake_source(broker, settings, parts.self_metrics, parts.log)
 
     log = io.StringIO()
     assert serve(settings, factory, mode="flux", log_stream=log, environ={}) == EX_UNAVAILABLE
@@ -715,16 +701,7 @@ def record_with(
         broker.idle_hooks.append(interrupt)
 
     def factory(stats: SelfMetrics, log: Any) -> FluxSource:
-        return FluxSource(
-            settings.flux,
-            uri=URI,
-            bindings=FakeBindings(broker),
-            stats=stats,
-            log=log,
-            clock=broker.clock,
-            monotonic=broker.clock,
-            rng=random.Random(5),
-        )
+        return fake_source(broker, settings, stats, log, seed=5)
 
     out, err = io.StringIO(), io.StringIO()
     status = record(factory, settings, out, err, count=count)
@@ -846,26 +823,14 @@ def test_restart_from_checkpoint_counts_each_event_once(tmp_path: Path) -> None:
     checkpoint = Checkpoint(tmp_path)
 
     def one_run(stop_at: float | None) -> Run:
-        stream = io.StringIO()
-        parts = build(settings, stream, clock=None)
         stop = VirtualStop(broker)
         if stop_at is None:
             broker.stop_when_idle(stop)
         else:
             broker.at(stop_at, stop.set)
-        source = FluxSource(
-            settings.flux,
-            uri=URI,
-            bindings=FakeBindings(broker),
-            stats=parts.self_metrics,
-            log=parts.log,
-            clock=broker.clock,
-            monotonic=broker.clock,
-            rng=random.Random(1),
-            checkpoint=checkpoint,
-        )
-        source.run(parts.pipeline, stop)
-        return Run(broker, parts, stream, stop, source)
+        run = prepare(broker, settings, stop, checkpoint=checkpoint)
+        run.source.run(run.parts.pipeline, stop)
+        return run
 
     before = one_run(stop_at=SCENARIO_START + 2.0)  # a-d done, e running
     assert checkpoint.path.exists()
