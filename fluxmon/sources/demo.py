@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from fluxmon.events import EMPTY_CONTEXT, EXEC, MAIN, JobEvent, f58
 from fluxmon.sources import Downstream
@@ -101,15 +101,7 @@ class _Request:
 
 
 Outcome = Literal["ok", "exit", "exec-error", "task-signal", "shell-signal", "cancel", "timeout"]
-_OUTCOMES: Final[tuple[Outcome, ...]] = (
-    "ok",
-    "exit",
-    "exec-error",
-    "task-signal",
-    "shell-signal",
-    "cancel",
-    "timeout",
-)
+_OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 _OUTCOME_WEIGHTS: Final = (0.805, 0.06, 0.015, 0.015, 0.01, 0.025, 0.03)
 Hold = Literal["none", "release", "cancel"]
 
@@ -523,15 +515,21 @@ def _cancel_pending_script(script: _Script, plan: _Plan) -> None:
 # The run: alloc .. clean. A body runs the tasks and returns the shell's wait status.
 
 
+def _perilog(script: _Script, phase: str, seconds: float) -> None:
+    """``<phase>-start``, ``seconds`` later ``<phase>-finish``, as job-manager writes them."""
+    description = f"job-manager.{phase}"
+    script.main(f"{phase}-start", {"description": description})
+    script.wait(seconds)
+    script.main(f"{phase}-finish", {"description": description, "status": 0})
+
+
 def _run_script(script: _Script, plan: _Plan, alloc: Allocation, starttime: float) -> None:
     """alloc, [prolog], start and the exec eventlog, the body, finish, [epilog], clean."""
     summary = {"annotations": {"sched": {"resource_summary": _resource_summary(alloc)}}}
     script.main("alloc", summary, R=_R(alloc, starttime, plan.duration, plan.request.nslots))
     if plan.queue.perilog:
         script.wait(0.0002, 0.0006)
-        script.main("prolog-start", {"description": "job-manager.prolog"})
-        script.wait(plan.prolog)
-        script.main("prolog-finish", {"description": "job-manager.prolog", "status": 0})
+        _perilog(script, "prolog", plan.prolog)
     script.wait(0.0004, 0.0008)
     script.exec("init")
     script.wait(0.001, 0.0016)
@@ -554,9 +552,7 @@ def _run_script(script: _Script, plan: _Plan, alloc: Allocation, starttime: floa
     script.main("finish", {"status": status})
     if plan.queue.perilog:
         script.wait(0.0003, 0.001)
-        script.main("epilog-start", {"description": "job-manager.epilog"})
-        script.wait(plan.epilog)
-        script.main("epilog-finish", {"description": "job-manager.epilog", "status": 0})
+        _perilog(script, "epilog", plan.epilog)
     script.wait(0.0012, 0.0030)
     script.main("release", {"ranks": "all", "final": True})
     script.wait(0.00003, 0.0001)
