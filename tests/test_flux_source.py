@@ -859,3 +859,22 @@ def test_unreadable_checkpoint_is_logged_and_ignored(tmp_path: Path) -> None:
     assert Checkpoint(tmp_path).load(log) == (0.0, 0.0)
     assert "checkpoint.unreadable" in stream.getvalue()
     assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_foreign_job_refused_once_while_it_stays_listed() -> None:
+    """In watch mode, another user's long job is refused (EPERM) once, not at every poll."""
+    broker = scenario_broker()
+    guest = 1000
+    foreign = expected()["i-nonfatal-exception"]["id"]  # runs for 3 s
+    for job in broker.jobs.values():
+        job.userid = guest
+    broker.jobs[foreign].userid = 2000
+    last = max(e["timestamp"] for j in broker.jobs.values() for e in j.main)
+    run = run_source(
+        broker,
+        make_settings(poll_interval=0.1),
+        bindings=FakeBindings(broker, userid=guest),
+        idle_after=last + 1.0,
+    )
+    assert len(broker.job_lists) > 40  # the job was listed by many polls
+    assert run.sample("fluxmon_watch_errors_total", errno="EPERM") == 1

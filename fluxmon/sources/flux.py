@@ -714,7 +714,12 @@ class _Session:
                 del mem.done[jobid]
         for job in self.poll_jobs:
             found = job.get("id")
-            if type(found) is not int or found in mem.done:
+            if type(found) is not int:
+                continue
+            if found in mem.done:
+                # Still listed: keep it done (a job refused with EPERM is not retried
+                # every few polls); it is pruned once job-list stops listing it.
+                mem.done[found] = self.poll_started
                 continue
             if (found, MAIN) not in self.watches:
                 self._open_watch(found, MAIN)
