@@ -243,7 +243,7 @@ def _scrape_when(port: int, ready: Callable[[dict[str, list[Any]]], bool], tries
     return text
 
 
-def test_guest_falls_back_to_watch_mode(tmp_path: Path) -> None:
+def test_forced_watch_mode_reports_every_job(tmp_path: Path) -> None:
     """Forced watch mode (what a guest gets) still reports every job correctly."""
     assert FLUX is not None
     out = tmp_path
