@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, STATES, JobEvent, f58
+from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58
 from fluxmon.tracker import Job, NullSink
 
 LogFormat = Literal["logfmt", "json"]
@@ -168,8 +168,8 @@ def job_record(job: Job) -> dict[str, object]:
         record[key] = getattr(job, key)
     record["queue_wait"] = job.queue_wait
     record["runtime"] = job.runtime
-    for state in STATES[:-1]:
-        record["time_" + state.lower()] = job.time_in[state]
+    for state, seconds in job.time_in.items():
+        record["time_" + state.lower()] = seconds
     record["held_time"] = job.time_held
     record["ntasks"] = job.ntasks
     record["nnodes"] = job.nnodes

@@ -72,6 +72,7 @@ _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "epilog-start": ("epilog", True),
     "epilog-finish": ("epilog", False),
 }
+_BIT: Final[Mapping[str, int]] = {state: 1 << rank for state, rank in RANK.items()}
 #: Finished jobs remembered so a repeated final event reads as a duplicate, not unknown.
 RECENT_FINISHED: Final = 4096
 
@@ -81,13 +82,16 @@ class Job:
 
     __slots__ = (
         "_f58",
+        "_time",
         "duration_limit",
         "entered",
         "exc_note",
         "exc_severity",
         "exc_type",
+        "exec_seen",
         "held_since",
         "jobid",
+        "last_main",
         "last_main_ts",
         "nnodes",
         "ntasks",
@@ -95,7 +99,6 @@ class Job:
         "queue",
         "result",
         "returncode",
-        "seen",
         "state",
         "status",
         "success",
@@ -109,7 +112,6 @@ class Job:
         "t_start",
         "t_submit",
         "time_held",
-        "time_in",
         "urgency",
         "userid",
         "visited",
@@ -126,8 +128,10 @@ class Job:
         self.nnodes: int | None = None
         self.state: JobState = "NEW"
         self.entered: float = timestamp
-        self.visited: set[JobState] = {"NEW"}
-        self.time_in: dict[JobState, float] = dict.fromkeys(STATES[:-1], 0.0)
+        #: States entered so far, as bits ``1 << RANK[state]``.
+        self.visited: int = _BIT["NEW"]
+        #: Seconds spent in each state, by rank (NEW .. CLEANUP).
+        self._time: list[float] = [0.0] * (len(STATES) - 1)
         #: Seconds spent held (in SCHED with priority 0, as flux-core keeps held jobs).
         self.time_held: float = 0.0
         self.held_since: float | None = None
@@ -147,10 +151,14 @@ class Job:
         self.exc_note: str | None = None
         self.result: Result | None = None
         self.returncode: int | None = None
+        #: Timestamp of the newest main-eventlog event, and (name, context) of each event
+        #: at exactly that time: main events come in time order, so that is all it takes
+        #: to recognise a repeat (an older event is refused as out of order).
         self.last_main_ts: float = timestamp
-        #: (eventlog, name, timestamp) of every applied event, with its context.
-        self.seen: dict[tuple[str, str, float], Mapping[str, Any]] = {}
-        self.perilog_starts: dict[str, list[float]] = {}
+        self.last_main: list[tuple[str, Mapping[str, Any]]] = []
+        #: (name, timestamp) of exec events applied, with contexts (they are not ordered).
+        self.exec_seen: dict[tuple[str, float], Mapping[str, Any]] | None = None
+        self.perilog_starts: dict[str, list[float]] | None = None
 
     @property
     def f58(self) -> str:
@@ -158,6 +166,11 @@ class Job:
         if self._f58 is None:
             self._f58 = f58(self.jobid)
         return self._f58
+
+    @property
+    def time_in(self) -> dict[JobState, float]:
+        """Seconds spent in each state so far (NEW .. CLEANUP)."""
+        return dict(zip(STATES[:-1], self._time, strict=True))
 
     @property
     def ran(self) -> bool:
@@ -411,25 +424,31 @@ class Tracker:
                 if name == "submit" and eventlog == MAIN:
                     return self._submit(event, live)
                 return self._reject("unknown_job", f"{name} for a job with no submit", event)
-            key = (eventlog, name, ts)
-            previous = job.seen.get(key)
-            if previous is not None and previous == context:
-                return self._reject("duplicate", f"{name} at {ts} already applied", event)
             if eventlog == MAIN:
-                if ts < job.last_main_ts:
+                last = job.last_main_ts
+                if ts < last:
                     return self._reject(
                         "out_of_order",
-                        f"{name} at {ts} is older than the job's last event at {job.last_main_ts}",
+                        f"{name} at {ts} is older than the job's last event at {last}",
                         event,
                     )
-                accepted = self._main(job, event, live)
+                if ts == last and (name, context) in job.last_main:
+                    return self._reject("duplicate", f"{name} at {ts} already applied", event)
+                if not self._main(job, event, live):
+                    return False
+                if ts == last:
+                    job.last_main.append((name, context))
+                else:
+                    job.last_main_ts = ts
+                    job.last_main = [(name, context)]
             else:
-                accepted = True
-            if not accepted:
-                return False
-            job.seen[key] = context
-            if eventlog == MAIN:
-                job.last_main_ts = ts
+                seen = job.exec_seen
+                if seen is None:
+                    seen = job.exec_seen = {}
+                key = (name, ts)
+                if key in seen and seen[key] == context:
+                    return self._reject("duplicate", f"{name} at {ts} already applied", event)
+                seen[key] = context
             if live:
                 for sink in self.sinks:
                     sink.job_event(job, event)
@@ -489,7 +508,7 @@ class Tracker:
             job.queue = _queue_of(event.jobspec)
             job.duration_limit = _duration_of(event.jobspec)
             job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
-        job.seen[(MAIN, "submit", event.timestamp)] = context
+        job.last_main = [("submit", context)]
         self.jobs[event.jobid] = job
         if live:
             for sink in self.sinks:
@@ -504,10 +523,10 @@ class Tracker:
         if job.held_since is not None:
             job.time_held += ts - job.held_since
             job.held_since = None
-        job.time_in[old] += seconds
+        job._time[RANK[old]] += seconds
         job.state = new
         job.entered = ts
-        job.visited.add(new)
+        job.visited |= _BIT[new]
         if new == "DEPEND":
             job.t_depend = ts
         elif new == "PRIORITY":
@@ -527,7 +546,7 @@ class Tracker:
 
     def _advance(self, job: Job, new: JobState, event: JobEvent, live: bool) -> bool:
         """Move forward to a once-only state; a repeat is a no-op, going back is refused."""
-        if new in job.visited:
+        if job.visited & _BIT[new]:
             return True
         if RANK[new] < RANK[job.state]:
             return self._reject(
@@ -559,7 +578,7 @@ class Tracker:
                 status = context.get("status")
                 if not _is_int(status):
                     return self._reject("malformed", "finish has no integer status", event)
-                if "CLEANUP" in job.visited and job.status is not None:
+                if job.visited & _BIT["CLEANUP"] and job.status is not None:
                     return self._reject("duplicate", "a second finish", event)
                 job.status = status
                 job.success = status == 0 and job.exc_severity != 0
@@ -609,7 +628,7 @@ class Tracker:
                 job.exc_severity = severity
                 job.exc_type = etype
                 job.exc_note = note if isinstance(note, str) else str(note)
-            if severity == 0 and "CLEANUP" not in job.visited:
+            if severity == 0 and not job.visited & _BIT["CLEANUP"]:
                 if RANK[job.state] > RANK["CLEANUP"]:
                     return self._reject("invalid_transition", "exception after clean", event)
                 self._move(job, "CLEANUP", event, live)
@@ -628,6 +647,8 @@ class Tracker:
         perilog = _PERILOG.get(name)
         if perilog is not None:
             phase, starting = perilog
+            if job.perilog_starts is None:
+                job.perilog_starts = {}
             starts = job.perilog_starts.setdefault(phase, [])
             if starting:
                 starts.append(event.timestamp)
