@@ -18,8 +18,10 @@ what ``flux jobs`` reports, so the records fluxmon writes agree with ``flux jobs
   otherwise its result is the type of its most severe (first) exception, or failed.
 
 On top of that the tracker refuses input Flux never produces: an event for a job it
-does not know, a main-eventlog event older than the job's newest, a duplicate, an
-event that would move a job back to an earlier state, or a context of the wrong shape.
+does not know (or one that has already finished), a main-eventlog event older than the
+job's newest (``out_of_order``; main eventlogs are written in time order, so an older
+repeat lands here too), a repeat of the newest one or of an exec event (``duplicate``),
+an event that would move a job back to an earlier state, or a context of the wrong shape.
 Each refusal reaches the sinks as ``event_rejected`` with a reason; nothing raises.
 """
 
