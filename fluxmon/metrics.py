@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fluxmon import __version__
-from fluxmon.events import EVENTLOG_LABEL, METRIC_STATES, RESULTS, JobEvent, JobState
+from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 # No ``_created`` series anywhere (the design's contract); this is prometheus_client's
@@ -329,7 +329,7 @@ class MetricsSink(NullSink):
         if child is None:
             child = self._event_child(qs, event.eventlog, event.name)
         child.inc()
-        if event.name == "submit" and event.eventlog == "eventlog":
+        if event.name == "submit" and event.eventlog == MAIN:
             qs.submitted.inc()
 
     def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:

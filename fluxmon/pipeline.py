@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import JobEvent
+from fluxmon.events import JobEvent, JobState
 from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
 from fluxmon.tracker import Tracker
@@ -147,14 +147,14 @@ class Pipeline:
         try:
             raw = self.tracker.snapshot()
             label = self._sink.queue_label
-            counts: dict[tuple[str, str], tuple[int, float]] = {}
+            counts: dict[tuple[str, JobState], tuple[int, float]] = {}
             for (queue, state), (count, oldest) in raw.items():
                 key = (label(queue), state)
                 found = counts.get(key)
                 counts[key] = (
                     (count, oldest) if found is None else (found[0] + count, min(found[1], oldest))
                 )
-            return counts, self._sink.known_queue_labels(), len(self.tracker.jobs)  # type: ignore[return-value]
+            return counts, self._sink.known_queue_labels(), len(self.tracker.jobs)
         finally:
             self._lock.release()
 
