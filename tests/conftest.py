@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,25 @@ from fluxmon.sources.replay import ReplaySource
 from fluxmon.testing import parse_log
 
 DATA = Path(__file__).parent / "data"
+# Markers whose tests may not skip: CI sets "flux promtool" where it has built flux-core
+# and installed Prometheus, so a test that would quietly skip there fails instead.
+REQUIRED = set(os.environ.get("FLUXMON_REQUIRE_MARKERS", "").split())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Turn the skip of a test that carries a required marker into a failure, naming why."""
+    report = yield
+    required = REQUIRED.intersection(m.name for m in item.iter_markers())
+    if report.skipped and required:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped, but FLUXMON_REQUIRE_MARKERS requires {sorted(required)}: {reason}"
+        )
+    return report
 SCENARIOS = sorted((DATA / "scenarios").glob("*.jsonl"))
 
 

@@ -1,7 +1,8 @@
 """``fluxmon run`` against a real Flux broker (``flux start --test-size=2``).
 
-These tests need flux-core on PATH with its Python bindings; they skip where ``flux``
-is absent (CI has no Flux). Each starts throwaway instances, runs a mixed workload
+These tests need flux-core on PATH and its Python bindings visible to this venv (the
+README's recipe); they skip where either is missing, saying which. CI builds flux-core
+and fails on any such skip (``FLUXMON_REQUIRE_MARKERS``, see conftest.py). Each starts throwaway instances, runs a mixed workload
 while ``fluxmon run`` watches, and checks fluxmon's records and metrics against what
 Flux itself reports (``flux jobs -a --json``, ``flux job eventlog``).
 """
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -27,9 +29,35 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 FLUX = shutil.which("flux")
+
+
+def _bindings_missing() -> str | None:
+    """Why this interpreter cannot import the instance's bindings (None when it can).
+
+    The bindings must be visible the way the README tells users to make them visible (a
+    ``flux-core.pth`` in the venv), not through a PYTHONPATH the tests set up: these
+    tests are also the proof that the documented recipe works.
+    """
+    if FLUX is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import flux.job"], env=env, capture_output=True, check=False
+    )
+    if probe.returncode == 0:
+        return None
+    purelib = sysconfig.get_path("purelib")
+    return (
+        f"needs the flux-core bindings in this venv: run "
+        f"`flux python --get-path > {purelib}/flux-core.pth` (README, Testing)"
+    )
+
+
+BINDINGS_MISSING = _bindings_missing()
 pytestmark = [
     pytest.mark.flux,
     pytest.mark.skipif(FLUX is None, reason="needs a Flux broker: `flux` is not on PATH"),
+    pytest.mark.skipif(BINDINGS_MISSING is not None, reason=str(BINDINGS_MISSING)),
 ]
 
 QUEUES = """\
@@ -86,13 +114,8 @@ def free_port() -> int:
 
 
 def fluxmon_env() -> dict[str, str]:
-    """The environment for fluxmon: the instance's bindings on PYTHONPATH."""
-    assert FLUX is not None
-    path = subprocess.run(
-        [FLUX, "python", "--get-path"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH", "")) if p)
+    """The environment for fluxmon: this venv's console script, bindings from its .pth."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["FLUXMON"] = str(Path(sys.executable).parent / "fluxmon")
     return env
 
@@ -285,7 +308,7 @@ GUEST = r"""
 set -u
 out=$1; port=$2
 chmod 0755 "$out"
-runuser -u nobody -- env PYTHONPATH="$PYTHONPATH" "$GUEST_PYTHON" -m fluxmon run \
+runuser -u nobody -- "$GUEST_PYTHON" -m fluxmon run \
     --uri "$FLUX_URI" --listen 127.0.0.1:$port -c "$out/fluxmon.toml" > "$out/fluxmon.log" 2>&1 &
 for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
 theirs=$(flux submit true)
@@ -302,7 +325,7 @@ def _guest_python() -> str | None:
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         return None
     probe = subprocess.run(
-        ["runuser", "-u", "nobody", "--", python, "-c", "import fluxmon"],
+        ["runuser", "-u", "nobody", "--", python, "-c", "import fluxmon, flux.job"],
         capture_output=True, check=False,
     )  # fmt: skip
     return python if probe.returncode == 0 else None
@@ -327,7 +350,10 @@ def test_guest_is_told_why_it_falls_back(open_tmp: Path) -> None:
     assert FLUX is not None
     python = _guest_python()
     if python is None:
-        pytest.skip("needs root, runuser, and a Python with fluxmon that `nobody` can run")
+        pytest.skip(
+            "needs root, runuser, and FLUXMON_GUEST_PYTHON: a Python with fluxmon and the "
+            "bindings that `nobody` can run (README, Testing)"
+        )
     tmp_path = open_tmp
     conf = tmp_path / "conf"
     conf.mkdir()
