@@ -38,6 +38,8 @@ def pytest_runtest_makereport(
             f"skipped, but FLUXMON_REQUIRE_MARKERS requires {sorted(required)}: {reason}"
         )
     return report
+
+
 SCENARIOS = sorted((DATA / "scenarios").glob("*.jsonl"))
 
 

@@ -2,9 +2,10 @@
 
 These tests need flux-core on PATH and its Python bindings visible to this venv (the
 README's recipe); they skip where either is missing, saying which. CI builds flux-core
-and fails on any such skip (``FLUXMON_REQUIRE_MARKERS``, see conftest.py). Each starts throwaway instances, runs a mixed workload
-while ``fluxmon run`` watches, and checks fluxmon's records and metrics against what
-Flux itself reports (``flux jobs -a --json``, ``flux job eventlog``).
+and fails on any such skip (``FLUXMON_REQUIRE_MARKERS``, see conftest.py). Each test
+starts throwaway instances, runs a mixed workload while ``fluxmon run`` watches, and
+checks fluxmon's records and metrics against what Flux itself reports
+(``flux jobs -a --json``, ``flux job eventlog``).
 """
 
 from __future__ import annotations
