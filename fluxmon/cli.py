@@ -1,4 +1,9 @@
-"""The ``fluxmon`` command: argument parsing and exit codes, nothing else."""
+"""The ``fluxmon`` command: arguments in, the subcommand run, its exit status out.
+
+It parses the arguments, loads the settings, builds what each subcommand needs (the
+Flux bindings, the checkpoint directory, the source) and hands them to :mod:`fluxmon.app`;
+the exit statuses are defined in :mod:`fluxmon.exitcodes`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from fluxmon import __version__
+from fluxmon.exitcodes import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    EXIT_CODES,
+    describe,
+)
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -18,9 +36,9 @@ if TYPE_CHECKING:
     from fluxmon.config import Settings
     from fluxmon.metrics import SelfMetrics
 
-EX_USAGE: Final = 2
-EX_UNAVAILABLE: Final = 69
-EX_CONFIG: Final = 78
+#: Where ``fluxmon demo`` listens unless ``--listen`` says otherwise: its data is made up,
+#: so it stays on this host by default.
+DEMO_LISTEN: Final = ("127.0.0.1", 10900)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -42,43 +60,104 @@ def _positive(text: str) -> float:
     return value
 
 
+def _subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    example: str,
+    codes: Sequence[int],
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` gives its summary, an example and its exit statuses."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"example:\n  {example}\n\n{describe(codes)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from fluxmon.config import HttpSettings
+    from fluxmon.http import format_address
+
     top = argparse.ArgumentParser(
         prog="fluxmon",
         description="Prometheus metrics and structured logs from Flux job eventlogs.",
+        epilog=describe(EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version=f"fluxmon {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "TOML config file (all keys optional)"
+    run_default = format_address(*HttpSettings().listen)
+    uri_help = "Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
 
-    run = sub.add_parser("run", help="the daemon against a Flux instance")
-    run.add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    run = _subcommand(
+        sub,
+        "run",
+        "run the daemon against a Flux instance",
+        "fluxmon run -c /etc/fluxmon/fluxmon.toml",
+        (EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_OSERR, EX_CONFIG),
+    )
+    run.add_argument("-c", "--config", help=config_help)
+    run.add_argument("--uri", help=uri_help)
     run.add_argument(
-        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+        "--listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help=f"where to serve (default: http.listen, else {run_default})",
     )
-    run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
 
-    rec = sub.add_parser("record", help="write a live instance's events in the replay format")
-    rec.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    rec.add_argument(
-        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+    rec = _subcommand(
+        sub,
+        "record",
+        "write a live instance's events in the replay format",
+        "fluxmon record -o incident.jsonl --count 100",
+        (EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG),
     )
-    rec.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    rec.add_argument("-c", "--config", help=config_help)
+    rec.add_argument("--uri", help=uri_help)
+    rec.add_argument("-o", "--output", default="-", help="file to append to (default: stdout)")
     rec.add_argument("--count", type=int, help="stop after N jobs finish")
 
-    demo = sub.add_parser("demo", help="serve metrics of a built-in simulated Flux workload")
-    demo.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    demo.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
+    demo = _subcommand(
+        sub,
+        "demo",
+        "serve metrics of a built-in simulated Flux workload",
+        "fluxmon demo --rate 10  # then open http://127.0.0.1:10900/metrics",
+        (EX_OK, EX_USAGE, EX_SOFTWARE, EX_OSERR, EX_CONFIG),
+    )
+    demo.add_argument("-c", "--config", help=config_help)
+    demo.add_argument(
+        "--listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        default=DEMO_LISTEN,
+        help=f"where to serve (default {format_address(*DEMO_LISTEN)}: the data is made up, so it"
+        " stays on this host unless this option says otherwise; http.listen is not used)",
+    )
     demo.add_argument("--rate", type=_positive, default=2.0, help="jobs per second (default 2)")
     demo.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
 
-    replay = sub.add_parser(
-        "replay", help="feed recorded events through the pipeline and print /metrics"
+    replay = _subcommand(
+        sub,
+        "replay",
+        "feed recorded events through the pipeline and print the final /metrics",
+        "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
+        (EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CONFIG),
     )
     replay.add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
-    replay.add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    replay.add_argument("-c", "--config", help=config_help)
 
-    check = sub.add_parser("check-config", help="validate a config file (exit 0, or 78)")
+    check = _subcommand(
+        sub,
+        "check-config",
+        "validate a config file, reporting every problem at once",
+        "fluxmon check-config /etc/fluxmon/fluxmon.toml",
+        (EX_OK, EX_USAGE, EX_CONFIG),
+    )
     check.add_argument("config", metavar="CONFIG")
     return top
 
@@ -101,16 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return app.replay(args.files, settings, sys.stdout, sys.stderr)
     if args.command in ("run", "record"):
         return _flux_command(args, settings)
-    if args.listen is not None:
-        settings = dataclasses.replace(
-            settings, http=dataclasses.replace(settings.http, listen=args.listen)
-        )
     if args.command == "demo":
         from fluxmon.sources.demo import DemoSource
 
         source = DemoSource(rate=args.rate, seed=args.seed)
-        return app.serve(settings, source, mode="demo", log_stream=sys.stdout)
+        return app.serve(
+            _listening(settings, args.listen), source, mode="demo", log_stream=sys.stdout
+        )
     return EX_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _listening(settings: Settings, listen: tuple[str, int] | None) -> Settings:
+    """``settings`` with ``listen`` as the HTTP listen address (None: unchanged)."""
+    if listen is None:
+        return settings
+    return dataclasses.replace(settings, http=dataclasses.replace(settings.http, listen=listen))
 
 
 def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,14 +236,15 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "record":
         if args.output == "-":
             return app.record(source, settings, sys.stdout, sys.stderr, count=args.count)
-        with open(args.output, "a", encoding="utf-8") as out:
+        try:
+            out = open(args.output, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as err:
+            print(f"fluxmon: {args.output}: cannot write: {err.strerror or err}", file=sys.stderr)
+            return EX_CANTCREAT
+        with out:
             return app.record(source, settings, out, sys.stderr, count=args.count)
-    if args.listen is not None:
-        settings = dataclasses.replace(
-            settings, http=dataclasses.replace(settings.http, listen=args.listen)
-        )
     return app.serve(
-        settings,
+        _listening(settings, args.listen),
         lambda parts: source(parts.self_metrics, parts.log),
         mode="run",
         log_stream=sys.stdout,
