@@ -438,7 +438,7 @@ class MetricsServer:
         }  # fmt: skip
         problems = [f"{key}: {problem}" for key, problem in tls_problems(given)]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         self._tls = (
             _tls_context(tls_cert, tls_key, tls_client_ca)
             if tls_cert is not None and tls_key is not None
