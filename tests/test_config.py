@@ -582,10 +582,19 @@ def test_server_refuses_tls_settings_as_the_config_does(tmp_path: Path, given: s
     for key in given:
         (tmp_path / f"{key}.pem").write_text("")
     expected = [line.split(": http.", 1)[1] for line in problems_of(write(tmp_path, text))]
-    paths = {key: tmp_path / f"{key}.pem" for key in given}
+
+    def path(key: str) -> Path | None:
+        return tmp_path / f"{key}.pem" if key in given else None
+
     with pytest.raises(ValueError, match="set without") as info:
         MetricsServer(
-            CollectorRegistry(), _Healthy(), listen=("127.0.0.1", 0), version="0", **paths
+            CollectorRegistry(),
+            _Healthy(),
+            listen=("127.0.0.1", 0),
+            version="0",
+            tls_cert=path("tls_cert"),
+            tls_key=path("tls_key"),
+            tls_client_ca=path("tls_client_ca"),
         )
     assert str(info.value).splitlines() == expected
 
