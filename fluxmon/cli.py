@@ -13,22 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from fluxmon import __version__
-from fluxmon.exitcodes import (
-    EX_CANTCREAT,
-    EX_CONFIG,
-    EX_DATAERR,
-    EX_NOINPUT,
-    EX_OK,
-    EX_OSERR,
-    EX_SOFTWARE,
-    EX_UNAVAILABLE,
-    EX_USAGE,
-    EXIT_CODES,
-    describe,
-)
+from fluxmon import exitcodes as ex
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -60,20 +48,53 @@ def _positive(text: str) -> float:
     return value
 
 
-def _subcommand(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    summary: str,
-    example: str,
-    codes: Sequence[int],
-) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` gives its summary, an example and its exit statuses."""
-    return sub.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=f"example:\n  {example}\n\n{describe(codes)}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+class _Command(NamedTuple):
+    """What a subcommand's ``--help`` says besides its arguments."""
+
+    summary: str
+    example: str
+    exit_codes: tuple[int, ...]
+
+
+_COMMANDS: Final = {
+    "run": _Command(
+        "run the daemon against a Flux instance",
+        "fluxmon run -c /etc/fluxmon/fluxmon.toml",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_UNAVAILABLE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+    ),
+    "record": _Command(
+        "write a live instance's events in the replay format",
+        "fluxmon record -o incident.jsonl --count 100",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_UNAVAILABLE, ex.EX_CANTCREAT, ex.EX_CONFIG),
+    ),
+    "demo": _Command(
+        "serve metrics of a built-in simulated Flux workload",
+        "fluxmon demo --rate 10  # then open http://127.0.0.1:10900/metrics",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+    ),
+    "replay": _Command(
+        "feed recorded events through the pipeline and print the final /metrics",
+        "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_DATAERR, ex.EX_NOINPUT, ex.EX_CONFIG),
+    ),
+    "check-config": _Command(
+        "validate a config file, reporting every problem at once",
+        "fluxmon check-config /etc/fluxmon/fluxmon.toml",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_CONFIG),
+    ),
+}
+
+
+def _add_listen(
+    command: argparse.ArgumentParser, default: tuple[str, int] | None, default_text: str
+) -> None:
+    """Give ``command`` a ``--listen HOST:PORT`` option."""
+    command.add_argument(
+        "--listen",
+        type=_listen,
+        default=default,
+        metavar="HOST:PORT",
+        help=f"where to serve (default: {default_text})",
     )
 
 
@@ -82,83 +103,48 @@ def parser() -> argparse.ArgumentParser:
     from fluxmon.config import HttpSettings
     from fluxmon.http import format_address
 
+    raw = argparse.RawDescriptionHelpFormatter
     top = argparse.ArgumentParser(
         prog="fluxmon",
         description="Prometheus metrics and structured logs from Flux job eventlogs.",
-        epilog=describe(EXIT_CODES),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ex.describe(ex.EXIT_CODES),
+        formatter_class=raw,
     )
     top.add_argument("--version", action="version", version=f"fluxmon {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "TOML config file (all keys optional)"
-    run_default = format_address(*HttpSettings().listen)
-    uri_help = "Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
-
-    run = _subcommand(
-        sub,
-        "run",
-        "run the daemon against a Flux instance",
-        "fluxmon run -c /etc/fluxmon/fluxmon.toml",
-        (EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_OSERR, EX_CONFIG),
+    cmd = {
+        name: sub.add_parser(
+            name,
+            help=spec.summary,
+            description=spec.summary[0].upper() + spec.summary[1:] + ".",
+            epilog=f"example:\n  {spec.example}\n\n{ex.describe(spec.exit_codes)}",
+            formatter_class=raw,
+        )
+        for name, spec in _COMMANDS.items()
+    }
+    for name in ("run", "record", "demo", "replay"):
+        cmd[name].add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    for name in ("run", "record"):
+        cmd[name].add_argument(
+            "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+        )
+    _add_listen(cmd["run"], None, f"http.listen, else {format_address(*HttpSettings().listen)}")
+    _add_listen(
+        cmd["demo"],
+        DEMO_LISTEN,
+        f"{format_address(*DEMO_LISTEN)}: the data is made up, so it stays on this host"
+        " unless this option says otherwise; http.listen is not used",
     )
-    run.add_argument("-c", "--config", help=config_help)
-    run.add_argument("--uri", help=uri_help)
-    run.add_argument(
-        "--listen",
-        type=_listen,
-        metavar="HOST:PORT",
-        help=f"where to serve (default: http.listen, else {run_default})",
+    cmd["record"].add_argument(
+        "-o", "--output", default="-", help="file to append to (default: stdout)"
     )
-
-    rec = _subcommand(
-        sub,
-        "record",
-        "write a live instance's events in the replay format",
-        "fluxmon record -o incident.jsonl --count 100",
-        (EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_CANTCREAT, EX_CONFIG),
+    cmd["record"].add_argument("--count", type=int, help="stop after N jobs finish")
+    cmd["demo"].add_argument(
+        "--rate", type=_positive, default=2.0, help="jobs per second (default 2)"
     )
-    rec.add_argument("-c", "--config", help=config_help)
-    rec.add_argument("--uri", help=uri_help)
-    rec.add_argument("-o", "--output", default="-", help="file to append to (default: stdout)")
-    rec.add_argument("--count", type=int, help="stop after N jobs finish")
-
-    demo = _subcommand(
-        sub,
-        "demo",
-        "serve metrics of a built-in simulated Flux workload",
-        "fluxmon demo --rate 10  # then open http://127.0.0.1:10900/metrics",
-        (EX_OK, EX_USAGE, EX_SOFTWARE, EX_OSERR, EX_CONFIG),
-    )
-    demo.add_argument("-c", "--config", help=config_help)
-    demo.add_argument(
-        "--listen",
-        type=_listen,
-        metavar="HOST:PORT",
-        default=DEMO_LISTEN,
-        help=f"where to serve (default {format_address(*DEMO_LISTEN)}: the data is made up, so it"
-        " stays on this host unless this option says otherwise; http.listen is not used)",
-    )
-    demo.add_argument("--rate", type=_positive, default=2.0, help="jobs per second (default 2)")
-    demo.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-
-    replay = _subcommand(
-        sub,
-        "replay",
-        "feed recorded events through the pipeline and print the final /metrics",
-        "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
-        (EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CONFIG),
-    )
-    replay.add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
-    replay.add_argument("-c", "--config", help=config_help)
-
-    check = _subcommand(
-        sub,
-        "check-config",
-        "validate a config file, reporting every problem at once",
-        "fluxmon check-config /etc/fluxmon/fluxmon.toml",
-        (EX_OK, EX_USAGE, EX_CONFIG),
-    )
-    check.add_argument("config", metavar="CONFIG")
+    cmd["demo"].add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    cmd["replay"].add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
+    cmd["check-config"].add_argument("config", metavar="CONFIG")
     return top
 
 
@@ -173,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return EX_CONFIG
+        return ex.EX_CONFIG
     from fluxmon import app
 
     if args.command == "replay":
@@ -187,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return app.serve(
             _listening(settings, args.listen), source, mode="demo", log_stream=sys.stdout
         )
-    return EX_USAGE  # pragma: no cover - argparse rejects unknown commands
+    return ex.EX_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
 def _listening(settings: Settings, listen: tuple[str, int] | None) -> Settings:
@@ -212,7 +198,7 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
         bindings = FluxBindings()
     except FluxUnavailable as err:
         print(f"fluxmon: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return ex.EX_UNAVAILABLE
     uri = resolve_uri(args.uri or settings.flux.uri, os.environ)
 
     # The checkpoint directory: the config's, else systemd's StateDirectory= for us.
@@ -240,7 +226,7 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
             out = open(args.output, "a", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as err:
             print(f"fluxmon: {args.output}: cannot write: {err.strerror or err}", file=sys.stderr)
-            return EX_CANTCREAT
+            return ex.EX_CANTCREAT
         with out:
             return app.record(source, settings, out, sys.stderr, count=args.count)
     return app.serve(
