@@ -34,6 +34,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -192,37 +193,30 @@ def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
         return None
 
 
+@dataclass(frozen=True)
 class _Endpoints:
     """The routes, independent of sockets: a request in, a :class:`_Response` out."""
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        health: Health,
-        version: str,
-        auth: _BasicAuth | None,
-        log: Any,
-    ) -> None:
-        self._registry = registry
-        self._health = health
-        self._version = version
-        self._auth = auth
-        self.log = log
+    registry: CollectorRegistry
+    health: Health
+    version: str
+    auth: _BasicAuth | None
+    log: Any
 
     def respond(self, request: _Request) -> _Response:
         """Answer a GET (or HEAD)."""
         path = urlsplit(request.path).path
         if path == "/healthz":
-            ok, reason = _probe(self._health.liveness, "liveness", self.log)
+            ok, reason = _probe(self.health.liveness, "liveness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ok")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
-        if self._auth is not None and not self._auth.check(request.authorization):
+        if self.auth is not None and not self.auth.check(request.authorization):
             return _text(HTTPStatus.UNAUTHORIZED, "unauthorized", ("WWW-Authenticate", _REALM))
         if path == "/metrics":
             return self._metrics(request)
         if path == "/readyz":
-            ok, reason = _probe(self._health.readiness, "readiness", self.log)
+            ok, reason = _probe(self.health.readiness, "readiness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ready")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
@@ -233,7 +227,7 @@ class _Endpoints:
     def _metrics(self, request: _Request) -> _Response:
         encoder, content_type = choose_encoder(request.accept)
         try:
-            body = encoder(self._registry)
+            body = encoder(self.registry)
         except Exception:
             self.log.exception("http.collect_failed")
             return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "error collecting metrics")
@@ -244,7 +238,7 @@ class _Endpoints:
         return _Response(HTTPStatus.OK, content_type, body, tuple(extra))
 
     def _landing_page(self) -> bytes:
-        version = html.escape(self._version)
+        version = html.escape(self.version)
         links = "\n".join(
             f'<li><a href="{name}">/{name}</a> &mdash; {what}</li>'
             for name, what in (
