@@ -22,7 +22,15 @@ from structlog.typing import FilteringBoundLogger
 from fluxmon import __version__
 from fluxmon.config import Settings
 from fluxmon.events import MAIN, JobEvent
-from fluxmon.http import MetricsServer
+from fluxmon.exitcodes import (
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_OSERR,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+)
+from fluxmon.http import MetricsServer, format_address
 from fluxmon.logs import LineWriter, LogSink, make_logger
 from fluxmon.metrics import (
     Buckets,
@@ -35,14 +43,9 @@ from fluxmon.metrics import (
 from fluxmon.pipeline import Pipeline
 from fluxmon.sdnotify import Notifier, watchdog_interval
 from fluxmon.sources import Source, SourceUnavailable
-from fluxmon.sources.replay import ReplaySource, format_event
+from fluxmon.sources.replay import ReplaySource, UnreadableInput, format_event, open_input
 from fluxmon.tracker import Tracker
 
-EX_OK: Final = 0
-EX_DATAERR: Final = 65
-EX_UNAVAILABLE: Final = 69
-EX_SOFTWARE: Final = 70
-EX_OSERR: Final = 71
 #: Seconds between STATUS= updates to systemd.
 STATUS_EVERY: Final = 5.0
 #: Seconds the source thread gets to stop before fluxmon exits anyway.
@@ -86,11 +89,23 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
 
 
 def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: TextIO) -> int:
-    """Replay files through the pipeline; print the final exposition; 65 if input was refused."""
+    """Replay files through the pipeline and print the final exposition.
+
+    Returns 65 if some input was refused, and 66, printing nothing on ``out``, if a file
+    cannot be read (each such file named on one line of ``err``).
+    """
+    unreadable = _unreadable(paths)
+    if unreadable:
+        print("\n".join(unreadable), file=err)
+        return EX_NOINPUT
     parts = build(settings, err, clock=None)
     source = ReplaySource(paths)
     parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
-    source.run(parts.pipeline, threading.Event())
+    try:
+        source.run(parts.pipeline, threading.Event())
+    except UnreadableInput as error:  # it went away since _unreadable looked
+        print(error, file=err)
+        return EX_NOINPUT
     out.write(generate_latest(parts.registry).decode())
     out.flush()
     refused = sum(parts.tracker.rejected.values())
@@ -101,6 +116,17 @@ def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: TextIO) 
         tracked_jobs=len(parts.tracker.jobs),
     )
     return EX_DATAERR if refused else EX_OK
+
+
+def _unreadable(paths: Iterable[str]) -> list[str]:
+    """Why each file of ``paths`` that cannot be opened cannot be, one line each."""
+    problems = []
+    for path in paths:
+        try:
+            open_input(path).close()
+        except UnreadableInput as error:
+            problems.append(str(error))
+    return problems
 
 
 class RecordDownstream:
@@ -204,15 +230,16 @@ def serve(
     try:
         server.start()
     except OSError as error:
-        log.error("fluxmon.listen_failed", listen=_hostport(http.listen), error=str(error))
+        log.error("fluxmon.listen_failed", listen=format_address(*http.listen), error=str(error))
         return EX_OSERR
     host, port = server.address
+    config = {"config": str(settings.path)} if settings.path else {}
     log.info(
         "fluxmon.start",
         version=__version__,
         mode=mode,
-        listen=_hostport((host, port)),
-        config=str(settings.path) if settings.path else None,
+        listen=format_address(host, port),
+        **config,
     )
     if on_listen is not None:
         on_listen((host, port))
@@ -259,11 +286,12 @@ def serve(
         thread.join(STOP_TIMEOUT)
         server.stop()
         _restore_signals(previous)
+        why = {"error": f"{type(crashed[0]).__name__}: {crashed[0]}"} if crashed else {}
         log.info(
             "fluxmon.stop",
             events=pipeline.live_events,
             tracked_jobs=len(parts.tracker.jobs),
-            error=f"{type(crashed[0]).__name__}: {crashed[0]}" if crashed else None,
+            **why,
         )
     if crashed:
         return EX_UNAVAILABLE if isinstance(crashed[0], SourceUnavailable) else EX_SOFTWARE
@@ -275,11 +303,6 @@ def _status(pipeline: Pipeline, rate: float) -> str:
     if pipeline.is_connected and not pipeline.is_ready:
         state = "connected, replaying history"
     return f"{state}; {len(pipeline.tracker.jobs)} jobs tracked; {rate:.1f} events/s"
-
-
-def _hostport(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _Handler = Callable[[int, FrameType | None], object] | int | None

@@ -1,4 +1,9 @@
-"""The ``fluxmon`` command: argument parsing and exit codes, nothing else."""
+"""The ``fluxmon`` command: arguments in, the subcommand run, its exit status out.
+
+It parses the arguments, loads the settings, builds what each subcommand needs (the
+Flux bindings, the checkpoint directory, the source) and hands them to :mod:`fluxmon.app`;
+the exit statuses are defined in :mod:`fluxmon.exitcodes`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from fluxmon import __version__
+from fluxmon import exitcodes as ex
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -18,9 +24,9 @@ if TYPE_CHECKING:
     from fluxmon.config import Settings
     from fluxmon.metrics import SelfMetrics
 
-EX_USAGE: Final = 2
-EX_UNAVAILABLE: Final = 69
-EX_CONFIG: Final = 78
+#: Where ``fluxmon demo`` listens unless ``--listen`` says otherwise: its data is made up,
+#: so it stays on this host by default.
+DEMO_LISTEN: Final = ("127.0.0.1", 10900)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -42,44 +48,103 @@ def _positive(text: str) -> float:
     return value
 
 
+class _Command(NamedTuple):
+    """What a subcommand's ``--help`` says besides its arguments."""
+
+    summary: str
+    example: str
+    exit_codes: tuple[int, ...]
+
+
+_COMMANDS: Final = {
+    "run": _Command(
+        "run the daemon against a Flux instance",
+        "fluxmon run -c /etc/fluxmon/fluxmon.toml",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_UNAVAILABLE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+    ),
+    "record": _Command(
+        "write a live instance's events in the replay format",
+        "fluxmon record -o incident.jsonl --count 100",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_UNAVAILABLE, ex.EX_CANTCREAT, ex.EX_CONFIG),
+    ),
+    "demo": _Command(
+        "serve metrics of a built-in simulated Flux workload",
+        "fluxmon demo --rate 10  # then open http://127.0.0.1:10900/metrics",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+    ),
+    "replay": _Command(
+        "feed recorded events through the pipeline and print the final /metrics",
+        "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_DATAERR, ex.EX_NOINPUT, ex.EX_CONFIG),
+    ),
+    "check-config": _Command(
+        "validate a config file, reporting every problem at once",
+        "fluxmon check-config /etc/fluxmon/fluxmon.toml",
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_CONFIG),
+    ),
+}
+
+
+def _add_listen(
+    command: argparse.ArgumentParser, default: tuple[str, int] | None, default_text: str
+) -> None:
+    """Give ``command`` a ``--listen HOST:PORT`` option."""
+    command.add_argument(
+        "--listen",
+        type=_listen,
+        default=default,
+        metavar="HOST:PORT",
+        help=f"where to serve (default: {default_text})",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from fluxmon.config import HttpSettings
+    from fluxmon.http import format_address
+
+    raw = argparse.RawDescriptionHelpFormatter
     top = argparse.ArgumentParser(
         prog="fluxmon",
         description="Prometheus metrics and structured logs from Flux job eventlogs.",
+        epilog=ex.describe(ex.EXIT_CODES),
+        formatter_class=raw,
     )
     top.add_argument("--version", action="version", version=f"fluxmon {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="the daemon against a Flux instance")
-    run.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    run.add_argument(
-        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+    cmd = {
+        name: sub.add_parser(
+            name,
+            help=spec.summary,
+            description=spec.summary[0].upper() + spec.summary[1:] + ".",
+            epilog=f"example:\n  {spec.example}\n\n{ex.describe(spec.exit_codes)}",
+            formatter_class=raw,
+        )
+        for name, spec in _COMMANDS.items()
+    }
+    for name in ("run", "record", "demo", "replay"):
+        cmd[name].add_argument("-c", "--config", help="TOML config file (all keys optional)")
+    for name in ("run", "record"):
+        cmd[name].add_argument(
+            "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+        )
+    _add_listen(cmd["run"], None, f"http.listen, else {format_address(*HttpSettings().listen)}")
+    _add_listen(
+        cmd["demo"],
+        DEMO_LISTEN,
+        f"{format_address(*DEMO_LISTEN)}: the data is made up, so it stays on this host"
+        " unless this option says otherwise; http.listen is not used",
     )
-    run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
-
-    rec = sub.add_parser("record", help="write a live instance's events in the replay format")
-    rec.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    rec.add_argument(
-        "--uri", help="Flux URI (default: flux.uri, $FLUX_URI, local:///run/flux/local)"
+    cmd["record"].add_argument(
+        "-o", "--output", default="-", help="file to append to (default: stdout)"
     )
-    rec.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
-    rec.add_argument("--count", type=int, help="stop after N jobs finish")
-
-    demo = sub.add_parser("demo", help="serve metrics of a built-in simulated Flux workload")
-    demo.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-    demo.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:10900)")
-    demo.add_argument("--rate", type=_positive, default=2.0, help="jobs per second (default 2)")
-    demo.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-
-    replay = sub.add_parser(
-        "replay", help="feed recorded events through the pipeline and print /metrics"
+    cmd["record"].add_argument("--count", type=int, help="stop after N jobs finish")
+    cmd["demo"].add_argument(
+        "--rate", type=_positive, default=2.0, help="jobs per second (default 2)"
     )
-    replay.add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
-    replay.add_argument("-c", "--config", help="TOML config file (all keys optional)")
-
-    check = sub.add_parser("check-config", help="validate a config file (exit 0, or 78)")
-    check.add_argument("config", metavar="CONFIG")
+    cmd["demo"].add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    cmd["replay"].add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
+    cmd["check-config"].add_argument("config", metavar="CONFIG")
     return top
 
 
@@ -94,23 +159,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return EX_CONFIG
+        return ex.EX_CONFIG
     from fluxmon import app
 
     if args.command == "replay":
         return app.replay(args.files, settings, sys.stdout, sys.stderr)
     if args.command in ("run", "record"):
         return _flux_command(args, settings)
-    if args.listen is not None:
-        settings = dataclasses.replace(
-            settings, http=dataclasses.replace(settings.http, listen=args.listen)
-        )
     if args.command == "demo":
         from fluxmon.sources.demo import DemoSource
 
         source = DemoSource(rate=args.rate, seed=args.seed)
-        return app.serve(settings, source, mode="demo", log_stream=sys.stdout)
-    return EX_USAGE  # pragma: no cover - argparse rejects unknown commands
+        return app.serve(
+            _listening(settings, args.listen), source, mode="demo", log_stream=sys.stdout
+        )
+    return ex.EX_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _listening(settings: Settings, listen: tuple[str, int] | None) -> Settings:
+    """``settings`` with ``listen`` as the HTTP listen address (None: unchanged)."""
+    if listen is None:
+        return settings
+    return dataclasses.replace(settings, http=dataclasses.replace(settings.http, listen=listen))
 
 
 def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,7 +198,7 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
         bindings = FluxBindings()
     except FluxUnavailable as err:
         print(f"fluxmon: {err}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return ex.EX_UNAVAILABLE
     uri = resolve_uri(args.uri or settings.flux.uri, os.environ)
 
     # The checkpoint directory: the config's, else systemd's StateDirectory= for us.
@@ -152,14 +222,15 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "record":
         if args.output == "-":
             return app.record(source, settings, sys.stdout, sys.stderr, count=args.count)
-        with open(args.output, "a", encoding="utf-8") as out:
+        try:
+            out = open(args.output, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as err:
+            print(f"fluxmon: {args.output}: cannot write: {err.strerror or err}", file=sys.stderr)
+            return ex.EX_CANTCREAT
+        with out:
             return app.record(source, settings, out, sys.stderr, count=args.count)
-    if args.listen is not None:
-        settings = dataclasses.replace(
-            settings, http=dataclasses.replace(settings.http, listen=args.listen)
-        )
     return app.serve(
-        settings,
+        _listening(settings, args.listen),
         lambda parts: source(parts.self_metrics, parts.log),
         mode="run",
         log_stream=sys.stdout,

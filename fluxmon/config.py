@@ -15,15 +15,14 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TextIO, TypeAlias, get_args
+from typing import Any, Final, Literal, TextIO, TypeAlias, get_args
 
-EX_CONFIG = 78
-"""Exit status for a configuration error (sysexits.h ``EX_CONFIG``)."""
+from fluxmon.exitcodes import EX_CONFIG, EX_OK
 
 FluxMode = Literal["auto", "journal", "watch"]
 LogFormat = Literal["logfmt", "json"]
@@ -285,11 +284,32 @@ def _directory(value: object, base: Path) -> Path:
 
 _BCRYPT_RE = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
+#: What to do when basic auth is configured but the bcrypt package is missing.
+BCRYPT_MISSING: Final = (
+    "basic auth needs the bcrypt package, which is not installed"
+    " (install it into fluxmon's Python: pip install '.[auth]' from fluxmon's checkout,"
+    " or pip install bcrypt)"
+)
+
+
+def is_bcrypt_hash(text: str) -> bool:
+    """Whether ``text`` is a bcrypt password hash ($2a$/$2b$/$2y$, cost 4-31, 60 characters)."""
+    return _BCRYPT_RE.fullmatch(text) is not None
+
+
+def bcrypt_installed() -> bool:
+    """Whether the bcrypt package (the ``auth`` extra) can be imported."""
+    try:
+        import bcrypt  # noqa: F401 - only its presence is checked
+    except ImportError:
+        return False
+    return True
+
 
 def _bcrypt_hash(value: object, _base: Path) -> str:
     """Return a bcrypt password hash ($2a$/$2b$/$2y$, 60 characters)."""
     text = _as_str(value)
-    if not _BCRYPT_RE.fullmatch(text):
+    if not is_bcrypt_hash(text):
         raise _Invalid("not a bcrypt hash")
     return text
 
@@ -349,10 +369,11 @@ def _check_reconnect(
         )
 
 
-def _check_tls(
-    _http: HttpSettings, given: frozenset[str], _failed: frozenset[str]
-) -> Iterator[tuple[str, str]]:
-    """tls_cert and tls_key go together; tls_client_ca needs both."""
+def tls_problems(given: Collection[str]) -> Iterator[tuple[str, str]]:
+    """``(key, what is wrong)`` for each TLS key of ``given`` set without the keys it needs.
+
+    tls_cert and tls_key go together; tls_client_ca needs both.
+    """
     needs = {
         "tls_cert": ["tls_key"],
         "tls_key": ["tls_cert"],
@@ -366,6 +387,21 @@ def _check_tls(
                 f"set without {' and '.join(absent)}"
                 " (valid: tls_cert and tls_key together; tls_client_ca needs both)",
             )
+
+
+def _check_tls(
+    _http: HttpSettings, given: frozenset[str], _failed: frozenset[str]
+) -> Iterator[tuple[str, str]]:
+    """tls_cert and tls_key go together; tls_client_ca needs both."""
+    return tls_problems(given)
+
+
+def _check_bcrypt(
+    http: HttpSettings, _given: frozenset[str], _failed: frozenset[str]
+) -> Iterator[tuple[str, str]]:
+    """Users in basic_auth need the bcrypt package to check their passwords."""
+    if http.basic_auth and not bcrypt_installed():
+        yield ("basic_auth", BCRYPT_MISSING)
 
 
 _SECONDS = "a number of seconds > 0"
@@ -399,7 +435,7 @@ _SECTIONS: Mapping[str, _Section] = {
                 "$2a$/$2b$/$2y$ hash of 60 characters, e.g. from htpasswd -nbBC 12 USER",
             ),
         },
-        (_check_tls,),
+        (_check_tls, _check_bcrypt),
     ),
     "log": _Section(
         LogSettings,
@@ -593,4 +629,4 @@ def check_config_main(path: str, out: TextIO, err: TextIO) -> int:
             print(line, file=err)
         return EX_CONFIG
     print(f"OK: {path}", file=out)
-    return 0
+    return EX_OK

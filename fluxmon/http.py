@@ -2,7 +2,8 @@
 
 :class:`MetricsServer` serves a private :class:`~prometheus_client.CollectorRegistry`
 and a :class:`Health` from a standard-library ``ThreadingHTTPServer`` running in a
-daemon thread. Everything a server needs is passed in; nothing is global.
+daemon thread. Everything a server needs is passed in; the one module-level object is
+the fallback logger (structlog's global configuration) used when no logger is.
 
 * ``GET /metrics`` -- the registry's exposition, in the format the ``Accept`` header
   asks for (text format 0.0.4 by default, OpenMetrics on request), gzipped when the
@@ -33,6 +34,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +45,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["Health", "MetricsServer"]
+from fluxmon.config import BCRYPT_MISSING, is_bcrypt_hash, tls_problems
+
+__all__ = ["Health", "MetricsServer", "format_address"]
 
 #: Used only when no logger is passed in (the daemon passes its own).
 _default_log: Any = structlog.get_logger("fluxmon.http")
@@ -133,16 +137,14 @@ class _BasicAuth:
         try:
             import bcrypt
         except ImportError as exc:
-            msg = "basic auth needs the bcrypt package: pip install 'fluxmon[auth]'"
-            raise RuntimeError(msg) from exc
+            raise RuntimeError(BCRYPT_MISSING) from exc
         self._checkpw: Callable[[bytes, bytes], bool] = bcrypt.checkpw
         self._hashes: dict[str, bytes] = {}
         for user, hashed in users.items():
-            encoded = hashed.encode("ascii", errors="replace")
-            if not (len(encoded) == 60 and encoded[:4] in (b"$2a$", b"$2b$", b"$2y$")):
+            if not is_bcrypt_hash(hashed):
                 msg = f"basic auth: the password hash for user {user!r} is not a bcrypt hash"
                 raise ValueError(msg)
-            self._hashes[user] = encoded
+            self._hashes[user] = hashed.encode("ascii")
         # Unknown users are checked against a real hash too, so they take as long.
         self._decoy = next(iter(self._hashes.values()))
         self._key = secrets.token_bytes(32)
@@ -191,37 +193,30 @@ def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
         return None
 
 
+@dataclass(frozen=True)
 class _Endpoints:
     """The routes, independent of sockets: a request in, a :class:`_Response` out."""
 
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        health: Health,
-        version: str,
-        auth: _BasicAuth | None,
-        log: Any,
-    ) -> None:
-        self._registry = registry
-        self._health = health
-        self._version = version
-        self._auth = auth
-        self.log = log
+    registry: CollectorRegistry
+    health: Health
+    version: str
+    auth: _BasicAuth | None
+    log: Any
 
     def respond(self, request: _Request) -> _Response:
         """Answer a GET (or HEAD)."""
         path = urlsplit(request.path).path
         if path == "/healthz":
-            ok, reason = _probe(self._health.liveness, "liveness", self.log)
+            ok, reason = _probe(self.health.liveness, "liveness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ok")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
-        if self._auth is not None and not self._auth.check(request.authorization):
+        if self.auth is not None and not self.auth.check(request.authorization):
             return _text(HTTPStatus.UNAUTHORIZED, "unauthorized", ("WWW-Authenticate", _REALM))
         if path == "/metrics":
             return self._metrics(request)
         if path == "/readyz":
-            ok, reason = _probe(self._health.readiness, "readiness", self.log)
+            ok, reason = _probe(self.health.readiness, "readiness", self.log)
             if ok:
                 return _text(HTTPStatus.OK, "ready")
             return _text(HTTPStatus.SERVICE_UNAVAILABLE, reason)
@@ -232,7 +227,7 @@ class _Endpoints:
     def _metrics(self, request: _Request) -> _Response:
         encoder, content_type = choose_encoder(request.accept)
         try:
-            body = encoder(self._registry)
+            body = encoder(self.registry)
         except Exception:
             self.log.exception("http.collect_failed")
             return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "error collecting metrics")
@@ -243,7 +238,7 @@ class _Endpoints:
         return _Response(HTTPStatus.OK, content_type, body, tuple(extra))
 
     def _landing_page(self) -> bytes:
-        version = html.escape(self._version)
+        version = html.escape(self.version)
         links = "\n".join(
             f'<li><a href="{name}">/{name}</a> &mdash; {what}</li>'
             for name, what in (
@@ -271,7 +266,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     endpoints: _Endpoints
     timeout = _REQUEST_TIMEOUT
-    sys_version = ""  # no Python version in the Server header
 
     def setup(self) -> None:
         """Finish the TLS handshake here, in the request's thread, not in accept()."""
@@ -279,6 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
+
+    def version_string(self) -> str:
+        """The Server header: fluxmon and its version, not Python's."""
+        return self.server_version
 
     def do_GET(self) -> None:
         """Serve a GET."""
@@ -388,7 +386,8 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
-def _format_address(host: str, port: int) -> str:
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets: the form ``--listen`` takes."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -424,12 +423,16 @@ class MetricsServer:
     ) -> None:
         """``log`` is a structlog logger for request errors (default: a global one)."""
         self._log = log if log is not None else _default_log
-        if (tls_cert is None) != (tls_key is None):
-            msg = "TLS needs both a certificate and a key"
-            raise ValueError(msg)
-        if tls_client_ca is not None and tls_cert is None:
-            msg = "client certificate checks (tls_client_ca) need TLS: set tls_cert and tls_key"
-            raise ValueError(msg)
+        given = {
+            key
+            for key, value in (
+                ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_client_ca", tls_client_ca)
+            )
+            if value is not None
+        }  # fmt: skip
+        problems = [f"{key}: {problem}" for key, problem in tls_problems(given)]
+        if problems:
+            raise ValueError("\n".join(problems))
         self._tls = (
             _tls_context(tls_cert, tls_key, tls_client_ca)
             if tls_cert is not None and tls_key is not None
@@ -465,7 +468,7 @@ class MetricsServer:
                 )
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-                msg = f"cannot listen on {_format_address(host, port)}: {reason}"
+                msg = f"cannot listen on {format_address(host, port)}: {reason}"
                 raise OSError(exc.errno, msg) from exc
             server.log = self._log
             if self._tls is not None:

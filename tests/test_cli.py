@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fluxmon import app
+from fluxmon.cli import main
+from fluxmon.config import Settings
+from fluxmon.exitcodes import EXIT_CODES
+from fluxmon.sources import flux as flux_source
 from tests.test_metrics import CONTRACT_FAMILIES
 
 FLUXMON = [sys.executable, "-m", "fluxmon"]
@@ -100,13 +105,16 @@ def test_promtool_finds_nothing_in_a_demo_scrape(
 
 
 def test_demo_stops_cleanly_on_ctrl_c(demo: tuple[subprocess.Popen[str], int, Path]) -> None:
-    """SIGINT (Ctrl-C) stops the demo with exit 0 and a fluxmon.stop record."""
+    """SIGINT (Ctrl-C) stops the demo with exit 0 and a fluxmon.stop record without error=."""
     proc, _, log = demo
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     out = log.read_text()
     assert proc.returncode == 0
-    assert "msg=fluxmon.stop" in out
+    [stop] = [line for line in out.splitlines() if "msg=fluxmon.stop" in line]
+    assert re.search(r" events=\d+ tracked_jobs=\d+$", stop), stop
+    [start] = [line for line in out.splitlines() if "msg=fluxmon.start" in line]
+    assert "config=" not in start, "no empty field when no config file was given"
     assert "Traceback" not in out
 
 
@@ -170,3 +178,82 @@ def test_listen_address_in_use_exits_71() -> None:
     assert proc.returncode == 71
     assert f"127.0.0.1:{port}" in proc.stdout
     assert "Address already in use" in proc.stdout
+
+
+SUBCOMMANDS = ["run", "record", "demo", "replay", "check-config"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help_has_description_example_and_exit_codes(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each subcommand's --help has a one-line description, an example and its exit codes."""
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    usage, description, *_ = text.split("\n\n")
+    assert usage.startswith(f"usage: fluxmon {command}")
+    assert "\n" not in description
+    assert description.endswith(".")
+    assert f"example:\n  fluxmon {command}" in text
+    listed = re.findall(r"^  (\d+) +(.+)$", text.split("exit status:\n", 1)[1], re.M)
+    assert listed, text
+    assert {int(code): what for code, what in listed}.items() <= EXIT_CODES.items()
+    assert {0, 2} <= {int(code) for code, _ in listed}
+
+
+def test_top_level_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """fluxmon --help ends with the whole exit-code table."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    table = capsys.readouterr().out.split("exit status:\n", 1)[1]
+    assert [int(code) for code in re.findall(r"^  (\d+) ", table, re.M)] == sorted(EXIT_CODES)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The settings each ``app.serve`` call gets, with nothing served."""
+    calls: list[Settings] = []
+
+    def serve(settings: Settings, *_: object, **__: object) -> int:
+        calls.append(settings)
+        return 0
+
+    monkeypatch.setattr(app, "serve", serve)
+    return calls
+
+
+def test_demo_listens_on_loopback_unless_told(served: list[Settings], tmp_path: Path) -> None:
+    """demo serves 127.0.0.1:10900 by default, even with a config's http.listen; --listen wins."""
+    config = tmp_path / "fluxmon.toml"
+    config.write_text('[http]\nlisten = ":9999"\n')
+    assert main(["demo"]) == 0
+    assert main(["demo", "-c", str(config)]) == 0
+    assert main(["demo", "--listen", "0.0.0.0:10901"]) == 0
+    assert [s.http.listen for s in served] == [
+        ("127.0.0.1", 10900),
+        ("127.0.0.1", 10900),
+        ("0.0.0.0", 10901),
+    ]
+
+
+def test_run_keeps_its_documented_default(
+    served: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run serves 0.0.0.0:10900 unless the config or --listen says otherwise."""
+    monkeypatch.setattr(flux_source, "FluxBindings", lambda: None)
+    assert main(["run"]) == 0
+    assert main(["run", "--listen", "[::1]:9"]) == 0
+    assert [s.http.listen for s in served] == [("0.0.0.0", 10900), ("::1", 9)]
+
+
+def test_record_to_an_unwritable_file_exits_73(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """record -o into a missing directory says so in one line and exits EX_CANTCREAT (73)."""
+    monkeypatch.setattr(flux_source, "FluxBindings", lambda: None)
+    output = tmp_path / "no" / "such" / "dir.jsonl"
+    assert main(["record", "-o", str(output)]) == 73
+    err = capsys.readouterr().err
+    assert err == f"fluxmon: {output}: cannot write: No such file or directory\n"

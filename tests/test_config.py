@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from fluxmon.config import (
+    BCRYPT_MISSING,
     ConfigError,
     FluxSettings,
     HttpSettings,
@@ -23,6 +26,7 @@ from fluxmon.config import (
     load_settings,
     parse_listen,
 )
+from fluxmon.http import MetricsServer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 HASH = "$2b$12$socuBpmonWRWDtkUkZcgLuKO29LWtoaVYEz70VNWGthGhAV1kUP1y"
@@ -548,3 +552,58 @@ def test_parse_listen_bad(text: str) -> None:
     with pytest.raises(ValueError, match=r"valid: HOST:PORT") as info:
         parse_listen(text)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- shared checks
+
+
+def test_basic_auth_without_bcrypt_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users in basic_auth without bcrypt installed fail check-config, saying how to install it."""
+    monkeypatch.setitem(sys.modules, "bcrypt", None)
+    path = write(tmp_path, f'[http.basic_auth]\nalice = "{HASH}"\n')
+    assert problems_of(path) == [f"{path}: http.basic_auth: {BCRYPT_MISSING}"]
+    assert "pip install '.[auth]'" in BCRYPT_MISSING
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param({"tls_cert"}, id="cert"),
+        pytest.param({"tls_key"}, id="key"),
+        pytest.param({"tls_client_ca"}, id="client-ca"),
+        pytest.param({"tls_cert", "tls_client_ca"}, id="cert-and-client-ca"),
+    ],
+)
+def test_server_refuses_tls_settings_as_the_config_does(tmp_path: Path, given: set[str]) -> None:
+    """MetricsServer refuses an incomplete TLS set with the same words as check-config."""
+    text = "[http]\n" + "".join(f'{key} = "{key}.pem"\n' for key in sorted(given))
+    for key in given:
+        (tmp_path / f"{key}.pem").write_text("")
+    expected = [line.split(": http.", 1)[1] for line in problems_of(write(tmp_path, text))]
+
+    def path(key: str) -> Path | None:
+        return tmp_path / f"{key}.pem" if key in given else None
+
+    with pytest.raises(ValueError, match="set without") as info:
+        MetricsServer(
+            CollectorRegistry(),
+            _Healthy(),
+            listen=("127.0.0.1", 0),
+            version="0",
+            tls_cert=path("tls_cert"),
+            tls_key=path("tls_key"),
+            tls_client_ca=path("tls_client_ca"),
+        )
+    assert str(info.value).splitlines() == expected
+
+
+class _Healthy:
+    """A Health that is always live and ready."""
+
+    def liveness(self) -> tuple[bool, str]:
+        return True, ""
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""

@@ -29,9 +29,10 @@ from typing import Any
 
 import pytest
 
-from fluxmon.app import EX_OK, EX_UNAVAILABLE, Parts, build, record, serve
+from fluxmon.app import Parts, build, record, serve
 from fluxmon.config import Settings, load_settings
 from fluxmon.events import EXEC, MAIN
+from fluxmon.exitcodes import EX_OK, EX_UNAVAILABLE
 from fluxmon.metrics import SelfMetrics
 from fluxmon.sources.flux import Checkpoint, FluxSource, FluxUnavailable
 from fluxmon.sources.replay import ReplaySource

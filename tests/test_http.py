@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
-from fluxmon.http import MetricsServer
+from fluxmon.config import parse_listen
+from fluxmon.http import MetricsServer, format_address
 
 VERSION = "9.8.7-test"
 
@@ -310,9 +311,33 @@ def test_landing_page_links(server: MetricsServer) -> None:
 
 def test_server_header_names_fluxmon(server: MetricsServer) -> None:
     """The Server header names fluxmon and its version, not the Python version."""
-    server_header = request(server, "/").headers["Server"]
-    assert server_header.startswith(f"fluxmon/{VERSION}")
-    assert "Python" not in server_header
+    assert request(server, "/").headers["Server"] == f"fluxmon/{VERSION}"
+
+
+def test_server_header_has_no_trailing_space(server: MetricsServer) -> None:
+    """The raw Server header line ends right after the version, with no trailing space."""
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    lines = reply.split(b"\r\n")
+    assert f"Server: fluxmon/{VERSION}".encode() in lines
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "text"),
+    [
+        pytest.param("127.0.0.1", 10900, "127.0.0.1:10900", id="ipv4"),
+        pytest.param("::1", 80, "[::1]:80", id="ipv6"),
+        pytest.param("::", 0, "[::]:0", id="ipv6-any"),
+        pytest.param("localhost", 9, "localhost:9", id="name"),
+    ],
+)
+def test_format_address_is_what_listen_parses(host: str, port: int, text: str) -> None:
+    """format_address writes HOST:PORT with IPv6 in brackets, and parse_listen reads it back."""
+    assert format_address(host, port) == text
+    assert parse_listen(text) == (host, port)
 
 
 @pytest.mark.parametrize("path", ["/nope", "/metrics/", "/healthz/x", "/favicon.ico"])
@@ -625,9 +650,9 @@ def test_basic_auth_rejects_non_bcrypt_hash(metrics: Metrics, bcrypt_module: Any
 def test_basic_auth_without_bcrypt_is_a_clear_error(
     metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Asking for basic auth without bcrypt installed says which extra to install."""
+    """Asking for basic auth without bcrypt installed says how to install it from a checkout."""
     monkeypatch.setitem(sys.modules, "bcrypt", None)
-    with pytest.raises(RuntimeError, match=r"pip install 'fluxmon\[auth\]'"):
+    with pytest.raises(RuntimeError, match=r"pip install '\.\[auth\]'.* pip install bcrypt"):
         MetricsServer(
             metrics.registry, FakeHealth(), listen=("127.0.0.1", 0), version=VERSION,
             basic_auth={"prometheus": "$2b$04$" + "a" * 53},

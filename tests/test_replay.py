@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fluxmon.app import build
+from fluxmon.config import Settings
 from fluxmon.events import f58, parse_jobid
-from fluxmon.sources.replay import LineError, format_event, parse_line
+from fluxmon.sources.replay import (
+    LineError,
+    ReplaySource,
+    UnreadableInput,
+    format_event,
+    parse_line,
+)
 from fluxmon.testing import lifecycle, replay_lines
 from tests.conftest import DATA, SCENARIOS
 
@@ -137,12 +147,39 @@ def test_replay_cli_malformed_lines_counted_and_continues(tmp_path: Path) -> Non
     assert finished["completed"] == 1, "the job around the bad lines is intact"
 
 
-def test_replay_cli_missing_file(tmp_path: Path) -> None:
-    """A missing file is refused with its name, the others still replay, exit 65."""
-    proc = fluxmon("replay", str(tmp_path / "nope.jsonl"), str(DATA / "journal.replay.jsonl"))
-    assert proc.returncode == 65
-    assert "nope.jsonl: No such file or directory" in proc.stderr
-    assert "flux_jobs_finished_total" in proc.stdout
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        pytest.param("nope.jsonl", "No such file or directory", id="missing"),
+        pytest.param(".", "Is a directory", id="directory"),
+    ],
+)
+def test_replay_cli_unreadable_file_is_noinput(tmp_path: Path, name: str, why: str) -> None:
+    """A file that cannot be read is EX_NOINPUT (66): one line naming it, nothing replayed."""
+    missing = tmp_path / name
+    proc = fluxmon("replay", str(DATA / "journal.replay.jsonl"), str(missing))
+    assert proc.returncode == 66
+    assert proc.stderr == f"{missing}: cannot read: {why}\n"
+    assert proc.stdout == ""
+
+
+def test_replay_cli_names_every_unreadable_file(tmp_path: Path) -> None:
+    """Each unreadable file gets its own line, in the order given."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    proc = fluxmon("replay", str(first), str(DATA / "journal.replay.jsonl"), str(second))
+    assert proc.returncode == 66
+    assert proc.stderr.splitlines() == [
+        f"{first}: cannot read: No such file or directory",
+        f"{second}: cannot read: No such file or directory",
+    ]
+
+
+def test_replay_source_raises_for_a_file_gone_since_the_check(tmp_path: Path) -> None:
+    """ReplaySource names a file it cannot open rather than counting it as malformed input."""
+    parts = build(Settings(), io.StringIO(), clock=None)
+    with pytest.raises(UnreadableInput, match=r"gone\.jsonl: cannot read: No such file"):
+        ReplaySource([tmp_path / "gone.jsonl"]).run(parts.pipeline, threading.Event())
+    assert sum(parts.tracker.rejected.values()) == 0
 
 
 def test_replay_is_deterministic() -> None:

@@ -4,7 +4,8 @@ A line is ``{"id": <int or f58>, "eventlog": "eventlog" | "guest.exec.eventlog",
 "timestamp": <float>, "name": <str>, "context": {...}}`` plus ``"jobspec"`` on
 ``submit`` and ``"R"`` on ``alloc`` when known. ``eventlog`` defaults to the main
 eventlog and ``context`` to ``{}``. Blank lines are ignored; a malformed line is
-refused with its file and line number and the replay goes on.
+refused with its file and line number and the replay goes on. A file that cannot be
+read is not input to refuse but a missing input: :class:`UnreadableInput`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
 from fluxmon.sources import Downstream
@@ -25,6 +26,18 @@ _decode: Final = json.JSONDecoder().decode
 
 class LineError(ValueError):
     """A replay line that is not an event; the message says what is wrong."""
+
+
+class UnreadableInput(Exception):
+    """A replay file that cannot be opened; the message names it and says why."""
+
+
+def open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a replay file for reading, or raise :class:`UnreadableInput` naming it."""
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise UnreadableInput(f"{os.fspath(path)}: cannot read: {err.strerror or err}") from None
 
 
 def parse_line(line: bytes | str) -> JobEvent:
@@ -107,28 +120,22 @@ class ReplaySource:
 
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         self.paths = list(paths)
-        #: Lines refused so far.
-        self.rejected = 0
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
-        """Deliver every file's events in order; refuse malformed lines by number."""
+        """Deliver every file's events in order; refuse malformed lines by number.
+
+        Raises :class:`UnreadableInput` when a file cannot be opened.
+        """
         names = ", ".join(os.fspath(p) for p in self.paths)
         downstream.connected(f"replay: {names}")
         downstream.caught_up()
         for path in self.paths:
             batch: list[JobEvent] = []
-            try:
-                handle = open(path, "rb")  # noqa: SIM115 - closed below; bytes skip decoding twice
-            except OSError as err:
-                self.rejected += 1
-                downstream.reject_input("malformed", f"{os.fspath(path)}: {err.strerror}")
-                continue
-            with handle:
+            with open_input(path) as handle:  # bytes: lines are decoded once, in parse_line
                 for lineno, item in read_events(handle):
                     if isinstance(item, LineError):
                         downstream.events(batch)
                         batch = []
-                        self.rejected += 1
                         downstream.reject_input("malformed", f"{os.fspath(path)}:{lineno}: {item}")
                         continue
                     batch.append(item)
