@@ -159,4 +159,4 @@ def test_env_example_only_assigns_known_variables() -> None:
         for line in ENV_EXAMPLE.read_text().splitlines()
         if re.match(r"^#?[A-Z_]+=", line)
     }
-    assert keys == {"FLUXMON_OPTS", "FLUX_URI", "PYTHONPATH"}
+    assert keys == {"FLUXMON_OPTS", "FLUX_URI"}
