@@ -224,8 +224,15 @@ class FluxBindings:
         return watcher
 
     def run(self, handle: Any) -> None:
-        """``reactor_run``; a lost connection surfaces as OSError."""
-        handle.reactor_run()
+        """Run the reactor as ``reactor_run`` does off the main thread; OSError when lost.
+
+        On the main thread (``fluxmon record``) ``reactor_run`` answers SIGINT itself: a
+        signal watcher stops the reactor and raises KeyboardInterrupt, and fluxmon's own
+        handler never runs. Without it, SIGINT and SIGTERM alike run fluxmon's handler,
+        which sets the stop flag the source's timer checks.
+        """
+        handle.flux_reactor_run(handle.get_reactor(), 0)
+        handle.raise_if_exception()  # an exception a callback left (a classmethod)
 
     def stop(self, handle: Any) -> None:
         """``reactor_stop``."""
