@@ -50,6 +50,8 @@ from fluxmon.tracker import Tracker
 STATUS_EVERY: Final = 5.0
 #: Seconds the source thread gets to stop before fluxmon exits anyway.
 STOP_TIMEOUT: Final = 10.0
+#: Seconds between ``record.progress`` records of ``fluxmon record``.
+PROGRESS_EVERY: Final = 5.0
 
 
 @dataclass
@@ -172,6 +174,10 @@ class RecordDownstream:
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Nothing to forget: the recording keeps what was seen."""
 
+    def progress(self) -> None:
+        """Log ``record.progress``: events written and jobs finished so far."""
+        self._log.info("record.progress", events=self.events_written, jobs=self.jobs_finished)
+
 
 def record(
     source_factory: Callable[[SelfMetrics, FilteringBoundLogger], Source],
@@ -180,20 +186,38 @@ def record(
     err: TextIO,
     *,
     count: int | None = None,
+    progress_every: float = PROGRESS_EVERY,
 ) -> int:
-    """Write a live instance's events in the replay format until SIGINT/SIGTERM or ``count``."""
+    """Write a live instance's events in the replay format until SIGINT/SIGTERM or ``count``.
+
+    SIGINT and SIGTERM set the stop flag; the source's reactor timer sees it and stops,
+    so every event read is written and flushed, and the exit status is 0. The log gets
+    ``record.progress`` every ``progress_every`` seconds and at the end, then
+    ``fluxmon.stop`` with the same counts.
+    """
     log = make_logger(err, settings.log.format, settings.log.level)
     stop = threading.Event()
     downstream = RecordDownstream(out, log, stop, count)
     source = source_factory(SelfMetrics(CollectorRegistry()), log)
+    ended = threading.Event()
+
+    def report() -> None:
+        while not ended.wait(progress_every):
+            downstream.progress()
+
+    reporter = threading.Thread(target=report, name="fluxmon-progress", daemon=True)
     previous = _install_signals(stop)
+    reporter.start()
     try:
         source.run(downstream, stop)
     except SourceUnavailable as error:
         log.error("source.unavailable", error=str(error))
         return EX_UNAVAILABLE
     finally:
+        ended.set()
+        reporter.join()
         _restore_signals(previous)
+    downstream.progress()
     log.info("fluxmon.stop", events=downstream.events_written, jobs=downstream.jobs_finished)
     return EX_OK
 

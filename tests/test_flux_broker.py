@@ -438,3 +438,50 @@ def test_restart_with_checkpoint_misses_nothing_and_counts_nothing_twice(tmp_pat
     assert counted == lines
     assert sorted(finished) == sorted(ids)
     assert len(ids) == 6
+
+
+RECORD = r"""
+set -u
+out=$1; sig=$2
+"$FLUXMON" record -c "$out/fluxmon.toml" -o "$out/recorded.jsonl" 2> "$out/record.err" &
+fm=$!
+for i in $(seq 100); do grep -q history.caught_up "$out/record.err" && break; sleep 0.1; done
+ids=("$(flux submit true)" "$(flux submit sh -c 'exit 3')")
+for id in "${ids[@]}"; do flux job wait-event -t 60 $id clean >/dev/null; done
+for id in "${ids[@]}"; do
+  echo "$(flux job id --to=dec $id) $(flux job eventlog -f json $id | wc -l) \
+$(flux job eventlog -f json -p guest.exec.eventlog $id 2>/dev/null | wc -l)"
+done > "$out/eventlog-lines.txt"
+sleep 1  # let fluxmon read the last exec lines
+kill -$sig $fm; wait $fm; echo $? > "$out/record.rc"
+"""
+
+
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_record_stops_cleanly_on_a_signal(sig: str, tmp_path: Path) -> None:
+    """fluxmon record ended by SIGINT or SIGTERM exits 0: no traceback, every event on disk."""
+    assert FLUX is not None
+    (tmp_path / "fluxmon.toml").write_text('[log]\nformat = "json"\n')
+    (tmp_path / "record.sh").write_text(RECORD)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=2", "bash", str(tmp_path / "record.sh"), str(tmp_path), sig],
+        env=fluxmon_env(), capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = (tmp_path / "record.err").read_text()
+    assert "Traceback" not in err
+    assert (tmp_path / "record.rc").read_text().strip() == "0"
+    log = [json.loads(line) for line in err.splitlines()]
+    recorded = [json.loads(line) for line in (tmp_path / "recorded.jsonl").read_text().splitlines()]
+    want: Counter[tuple[int, str]] = Counter()
+    for row in (tmp_path / "eventlog-lines.txt").read_text().splitlines():
+        jobid, main, exec_ = (int(x) for x in row.split())
+        want[(jobid, "eventlog")] += main
+        want[(jobid, "guest.exec.eventlog")] += exec_
+    # The journal also sends annotations, which no eventlog holds.
+    got = Counter((e["id"], e["eventlog"]) for e in recorded if e["name"] != "annotations")
+    assert +got == +want
+    (stopped,) = [r for r in log if r["msg"] == "fluxmon.stop"]
+    assert (stopped["events"], stopped["jobs"]) == (len(recorded), 2)
+    progress = [r for r in log if r["msg"] == "record.progress"]
+    assert (progress[-1]["events"], progress[-1]["jobs"]) == (len(recorded), 2)

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -750,6 +751,58 @@ def test_record_exits_69_when_flux_is_unreachable() -> None:
     assert status == EX_UNAVAILABLE
     assert text == ""
     assert [r["msg"] for r in log if r["level"] == "error"] == ["source.unavailable"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_record_stops_on_a_signal_with_a_complete_flushed_file(signum: int, tmp_path: Path) -> None:
+    """SIGINT or SIGTERM mid-stream: exit 0, every line on disk replays, counts in the log."""
+    broker = scenario_broker()
+    settings = make_settings()
+    broker.at(SCENARIO_START + 2.0, lambda: signal.raise_signal(signum))  # a-d done, e runs
+
+    def factory(stats: SelfMetrics, log: Any) -> FluxSource:
+        return fake_source(broker, settings, stats, log)
+
+    path = tmp_path / "recorded.jsonl"
+    err = io.StringIO()
+    handler = signal.getsignal(signum)
+    with path.open("a", encoding="utf-8") as out:
+        status = record(factory, settings, out, err)
+        on_disk = path.read_text()  # what was flushed, before the file is closed
+    assert status == EX_OK
+    assert signal.getsignal(signum) is handler
+    assert broker.agenda, "record did not stop at the signal"
+    assert on_disk.endswith("\n")
+    lines = [json.loads(line) for line in on_disk.splitlines()]
+    finished = {e["id"] for e in lines if e["name"] == "clean" and e["eventlog"] == MAIN}
+    assert len(finished) >= 4
+    assert set(replay_finished([path])) == finished
+    log = parse_log(err.getvalue())
+    (stopped,) = [r for r in log if r["msg"] == "fluxmon.stop"]
+    assert (stopped["events"], stopped["jobs"]) == (len(lines), len(finished))
+    last = [r for r in log if r["msg"] == "record.progress"][-1]
+    assert (last["events"], last["jobs"]) == (len(lines), len(finished))
+
+
+def test_record_reports_progress_while_it_runs() -> None:
+    """record logs record.progress (events, jobs) periodically, and once more at the stop."""
+    broker = scenario_broker()
+    settings = make_settings()
+    broker.at(SCENARIO_START + 1.0, lambda: time.sleep(0.5))  # real time passes mid-stream
+
+    def factory(stats: SelfMetrics, log: Any) -> FluxSource:
+        return fake_source(broker, settings, stats, log)
+
+    err = io.StringIO()
+    assert record(factory, settings, io.StringIO(), err, count=3, progress_every=0.05) == EX_OK
+    log = parse_log(err.getvalue())
+    progress = [r for r in log if r["msg"] == "record.progress"]
+    (stopped,) = [r for r in log if r["msg"] == "fluxmon.stop"]
+    assert len(progress) >= 2
+    assert progress[0]["events"] > 0
+    assert [r["events"] for r in progress] == sorted(r["events"] for r in progress)
+    assert (progress[-1]["events"], progress[-1]["jobs"]) == (stopped["events"], 3)
+    assert [r["msg"] for r in log][-2:] == ["record.progress", "fluxmon.stop"]
 
 
 # -- the fake itself behaves like the bindings -----------------------------------------------

@@ -1,0 +1,41 @@
+"""The real Flux source; its ``bindings`` module is the only one that imports ``flux``.
+
+Journal mode (``journal``, the default): one ``job-manager.events-journal`` streaming
+RPC gives every main-eventlog event of every job, history first, then a sentinel, then
+live events. Watch mode (``watch``, the fallback where the journal answers EPERM or
+ENOSYS, or when configured): jobs are discovered by polling ``job-list`` and each
+one's main eventlog is watched. In both modes a job that reaches ``alloc`` gets a
+watch on its ``guest.exec.eventlog``, and its ``clean`` is held back until that watch
+ends (``delivery``).
+
+Each connection runs one Flux reactor on the source thread (``source``), with a
+:class:`~fluxmon.sources.flux.connection.Connection` that the mode and the delivery
+share. Callbacks never raise (an escaping exception would stop the reactor): each is
+wrapped, and a failure is logged. A repeating timer checks the stop flag, writes the
+checkpoint, releases overdue held cleans and, in watch mode, polls job-list.
+
+Reconnects: the tracker outlives a connection. On reconnect, history events at or
+before the newest timestamp already delivered are skipped, newer ones are delivered as
+live (they happened while fluxmon was away), and tracked jobs the new history does not
+mention are forgotten (purged, or the instance restarted). A checkpoint does the same
+across restarts of fluxmon (``checkpoint``).
+"""
+
+from fluxmon.sources.flux.bindings import Bindings, FluxBindings, FluxUnavailable
+from fluxmon.sources.flux.checkpoint import CHECKPOINT_FILE, Checkpoint
+from fluxmon.sources.flux.connection import errno_name
+from fluxmon.sources.flux.delivery import HOLD_SECONDS
+from fluxmon.sources.flux.source import SYSTEM_URI, FluxSource, resolve_uri
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "HOLD_SECONDS",
+    "SYSTEM_URI",
+    "Bindings",
+    "Checkpoint",
+    "FluxBindings",
+    "FluxSource",
+    "FluxUnavailable",
+    "errno_name",
+    "resolve_uri",
+]

@@ -1,0 +1,97 @@
+"""What every part of one broker connection shares: the context, the memory, errno text."""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from fluxmon.config import FluxSettings
+from fluxmon.events import JobEvent
+from fluxmon.sources import Downstream, WatchStats
+from fluxmon.sources.flux.bindings import Bindings
+
+
+def errno_name(error: OSError) -> str:
+    """``ENOENT``-style name of an OSError's errno (``E?`` when it has none)."""
+    code = error.errno
+    return errno.errorcode.get(code, f"E{code}") if code is not None else "E?"
+
+
+def describe(error: OSError) -> str:
+    """``ENOENT No such file or directory``: the errno name and its text."""
+    return f"{errno_name(error)} {error.strerror or ''}".strip()
+
+
+class Start(enum.Enum):
+    """What a new connection knows of the events Flux already holds."""
+
+    #: The first connection, nothing known: what Flux holds is history, rebuilt silently.
+    FRESH = "fresh"
+    #: The first connection after a checkpoint: events newer than it happened while
+    #: fluxmon was down, so they are counted; older ones are rebuilt silently.
+    RESUMED = "resumed"
+    #: A later connection: the tracker holds what was delivered before the drop; only
+    #: newer events are delivered (and counted: they happened while fluxmon was away).
+    RECONNECTED = "reconnected"
+
+
+@dataclass
+class Memory:
+    """What the source remembers across connections (the tracker outlives them too)."""
+
+    since: float = 0.0  # newest main-eventlog timestamp delivered
+    exec_since: float = 0.0  # newest exec-eventlog timestamp delivered
+    active: set[int] = field(default_factory=set)  # jobs submitted and not yet clean
+    running: set[int] = field(default_factory=set)  # jobs allocated and not yet clean
+    exec_seen: dict[int, set[tuple[str, float]]] = field(default_factory=dict)
+    main_last: dict[int, float] = field(default_factory=dict)  # watch mode: per job
+    done: dict[int, float] = field(default_factory=dict)  # watch mode: finished, when
+    held_over: dict[int, list[JobEvent]] = field(default_factory=dict)  # cleans held at a drop
+
+
+@dataclass
+class Connection:
+    """One connection to the broker, and everything its modes and watches use."""
+
+    settings: FluxSettings
+    uri: str
+    bindings: Bindings
+    handle: Any
+    downstream: Downstream
+    stats: WatchStats
+    log: FilteringBoundLogger
+    clock: Callable[[], float]  # wall clock, comparable with event timestamps
+    monotonic: Callable[[], float]  # for deadlines
+    memory: Memory
+    start: Start
+    flux_version: str
+    connected_at: float  # wall clock
+    lost: str | None = None  # why the connection ended, once it has
+    caught_up: bool = False  # history is delivered; everything since is live
+
+    def lose(self, reason: str) -> None:
+        """The connection is gone: remember the first reason and leave the reactor."""
+        if self.lost is None:
+            self.lost = reason
+        self.bindings.stop(self.handle)
+
+    def go_live(self) -> None:
+        """History is delivered: tell downstream that everything from now on is live."""
+        self.caught_up = True
+        self.downstream.caught_up()
+
+    def guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a reactor callback so no exception escapes into the reactor (it would stop)."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as err:
+                self.log.exception("source.callback_failed", error=f"{type(err).__name__}: {err}")
+
+        return guarded

@@ -1,0 +1,246 @@
+"""Delivery shared by both modes: per-job eventlog watches, exec events, held cleans.
+
+A job that reaches ``alloc`` gets a watch on its ``guest.exec.eventlog``. Main events
+run ahead of exec watches (the journal, or a job's own main watch), so a job's
+``clean`` (or ``invalidate``) is held back while its exec watch is still open, until
+the watch ends or ``HOLD_SECONDS`` pass; otherwise late exec events would arrive for
+a job already gone. Cleans still held when the connection drops are held again by the
+next connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from fluxmon.events import EMPTY_CONTEXT, EXEC, JobEvent
+from fluxmon.sources import Downstream
+from fluxmon.sources.flux.bindings import WatchFuture
+from fluxmon.sources.flux.connection import Connection, describe, errno_name
+
+#: Longest time a job's ``clean`` waits for its exec watch to end.
+HOLD_SECONDS: Final = 10.0
+
+
+def to_event(
+    downstream: Downstream,
+    jobid: int,
+    eventlog: str,
+    entry: Any,
+    response: Mapping[str, Any] | None = None,
+) -> JobEvent | None:
+    """A JobEvent from an eventlog entry; None (refused as malformed) if it is not one.
+
+    ``response`` is the journal response the entry came in: it carries the jobspec
+    (with ``submit``) and R (with ``alloc``).
+    """
+    try:
+        name = entry["name"]
+        timestamp = entry["timestamp"]
+        context = entry.get("context") or EMPTY_CONTEXT
+    except (KeyError, TypeError, AttributeError):
+        name = timestamp = None
+    if (
+        type(name) is not str
+        or type(timestamp) not in (float, int)
+        or not math.isfinite(timestamp)
+        or not isinstance(context, Mapping)
+    ):
+        downstream.reject_input("malformed", f"eventlog entry of job {jobid}: {entry!r}"[:300])
+        return None
+    jobspec = R = None
+    if response is not None:
+        if name == "submit":
+            jobspec = response.get("jobspec")
+        elif name == "alloc":
+            R = response.get("R")
+    return JobEvent(jobid, eventlog, name, float(timestamp), context, jobspec, R)
+
+
+class EventDelivery:
+    """One connection's per-job watches and held cleans, delivering to downstream."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._memory = connection.memory
+        self._watches: dict[tuple[int, str], WatchFuture] = {}
+        #: Cleans held back per job, and when they are released at the latest (monotonic).
+        self._held: dict[int, tuple[list[JobEvent], float]] = {}
+        self._warned_limit = False
+        #: Exec events at or before this wall-clock time are history (not counted live).
+        self.exec_history_until = -math.inf
+
+    # -- main events ------------------------------------------------------------------
+
+    def deliver_main(self, batch: list[JobEvent], *, live: bool, watch_exec: bool = True) -> None:
+        """Deliver main events in order; ``watch_exec``: an ``alloc`` opens its exec watch."""
+        memory = self._memory
+        out: list[JobEvent] = []
+        for event in batch:
+            jobid = event.jobid
+            memory.since = max(memory.since, event.timestamp)
+            name = event.name
+            if name == "submit":
+                memory.active.add(jobid)
+            elif name == "alloc":
+                memory.running.add(jobid)
+                if watch_exec:
+                    self.watch_exec(jobid)
+            elif name in ("clean", "invalidate"):
+                if (jobid, EXEC) in self._watches or jobid in self._held:
+                    self._hold(event)
+                    continue
+                self.job_gone(jobid)
+            out.append(event)
+        if out:
+            self._connection.downstream.events(out, live=live)
+
+    def _hold(self, event: JobEvent) -> None:
+        held, deadline = self._held.get(event.jobid, ([], 0.0))
+        held.append(event)
+        deadline = deadline or self._connection.monotonic() + HOLD_SECONDS
+        self._held[event.jobid] = (held, deadline)
+
+    def _release(self, jobid: int) -> None:
+        """Deliver the job's held cleans (its exec eventlog is read, or the wait is over)."""
+        held, _ = self._held.pop(jobid, ([], 0.0))
+        if held:
+            self.job_gone(jobid)
+            self._connection.downstream.events(held, live=True)
+
+    def release_overdue(self, now: float) -> None:
+        """Stop waiting for exec watches whose job's clean has been held past its deadline."""
+        for jobid, (_, deadline) in list(self._held.items()):
+            if now >= deadline:
+                future = self._watches.get((jobid, EXEC))
+                if future is not None:
+                    self._close(jobid, EXEC, future)
+                self._release(jobid)
+
+    def job_gone(self, jobid: int) -> None:
+        """Forget what is remembered of a job that ended (or vanished)."""
+        memory = self._memory
+        memory.active.discard(jobid)
+        memory.running.discard(jobid)
+        memory.exec_seen.pop(jobid, None)
+        memory.main_last.pop(jobid, None)
+        memory.held_over.pop(jobid, None)
+
+    def resume(self) -> None:
+        """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
+        memory = self._memory
+        for jobid in sorted(memory.running):
+            self.watch_exec(jobid)
+        deadline = self._connection.monotonic() + HOLD_SECONDS
+        for jobid, events in sorted(memory.held_over.items()):
+            self._held[jobid] = (events, deadline)
+            if not self.watch_exec(jobid):
+                self._release(jobid)
+        memory.held_over.clear()
+
+    def close(self) -> None:
+        """Cancel every watch; keep held cleans for the next connection."""
+        for jobid, (events, _) in self._held.items():
+            self._memory.held_over.setdefault(jobid, []).extend(events)
+        self._held.clear()
+        for (jobid, eventlog), future in list(self._watches.items()):
+            self._close(jobid, eventlog, future)
+
+    # -- exec events ------------------------------------------------------------------
+
+    def watch_exec(self, jobid: int) -> bool:
+        """Watch a job's exec eventlog (if enabled); True if a watch is open."""
+        if not self._connection.settings.exec_events:
+            return False
+        if (jobid, EXEC) not in self._watches:
+            self.watch(jobid, EXEC, self._deliver_exec, lambda: self._release(jobid))
+        return (jobid, EXEC) in self._watches
+
+    def _deliver_exec(self, event: JobEvent) -> None:
+        memory = self._memory
+        seen = memory.exec_seen.setdefault(event.jobid, set())
+        key = (event.name, event.timestamp)
+        if key in seen:
+            return  # re-read after a reconnect
+        seen.add(key)
+        memory.exec_since = max(memory.exec_since, event.timestamp)
+        live = event.timestamp > self.exec_history_until
+        self._connection.downstream.events([event], live=live)
+
+    # -- watches ----------------------------------------------------------------------
+
+    def is_watching(self, jobid: int, eventlog: str) -> bool:
+        """A watch on the job's eventlog is open."""
+        return (jobid, eventlog) in self._watches
+
+    def watch(
+        self,
+        jobid: int,
+        eventlog: str,
+        on_event: Callable[[JobEvent], None],
+        on_end: Callable[[], None],
+    ) -> None:
+        """Open a watch (within ``flux.max_watches``); failures are counted by errno."""
+        connection = self._connection
+        limit = connection.settings.max_watches
+        if len(self._watches) >= limit:
+            connection.stats.watch_failed("limit")
+            if not self._warned_limit:
+                self._warned_limit = True
+                connection.log.warning(
+                    "source.watch_limit",
+                    limit=limit,
+                    detail="flux.max_watches reached; jobs past it are not watched",
+                )
+            return
+        try:
+            future = connection.bindings.watch(connection.handle, jobid, eventlog)
+        except OSError as err:
+            connection.stats.watch_failed(errno_name(err))
+            return
+        self._watches[(jobid, eventlog)] = future
+        connection.stats.watch_opened(eventlog)
+
+        def on_response(response: WatchFuture) -> None:
+            self._on_watch(jobid, eventlog, response, on_event, on_end)
+
+        future.then(connection.guard(on_response))
+
+    def _on_watch(
+        self,
+        jobid: int,
+        eventlog: str,
+        future: WatchFuture,
+        on_event: Callable[[JobEvent], None],
+        on_end: Callable[[], None],
+    ) -> None:
+        if (jobid, eventlog) not in self._watches:
+            return
+        try:
+            entry = future.get_event()
+        except OSError as err:
+            self._connection.stats.watch_failed(errno_name(err))
+            self._connection.log.warning(
+                "source.watch_failed", id=jobid, eventlog=eventlog, error=describe(err)
+            )
+            entry = None
+        if entry is None:
+            self._close(jobid, eventlog, future, cancel=False)
+            on_end()
+            return
+        event = to_event(self._connection.downstream, jobid, eventlog, entry)
+        if event is not None:
+            on_event(event)
+
+    def _close(
+        self, jobid: int, eventlog: str, future: WatchFuture, *, cancel: bool = True
+    ) -> None:
+        """Forget a watch; cancel it unless its stream already ended (no RPC for nothing)."""
+        if self._watches.pop((jobid, eventlog), None) is None:
+            return
+        self._connection.stats.watch_closed(eventlog)
+        if cancel:
+            with contextlib.suppress(OSError):
+                future.cancel(stop=True)

@@ -1,0 +1,139 @@
+"""Journal mode: one ``job-manager.events-journal`` stream for every job's main events.
+
+The stream sends each job's events so far (history), then a sentinel, then every new
+event as it happens. History is held until the sentinel, then handled as the
+connection's :class:`Start` says; events after the sentinel are live.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from fluxmon.events import MAIN, JobEvent
+from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
+from fluxmon.sources.flux.connection import Connection, Start, describe
+from fluxmon.sources.flux.delivery import EventDelivery, to_event
+
+#: Journal refusals that mean "use watch mode" (flux.mode = "auto").
+_REFUSALS = {
+    errno.EPERM: "the journal answered EPERM: fluxmon is not the instance owner (run it as "
+    "the owner, e.g. User=flux, for the cheaper journal mode)",
+    errno.ENOSYS: "the journal answered ENOSYS: this flux-core has no events-journal "
+    "(older than 0.61)",
+}
+
+
+class JournalMode:
+    """Follows the events journal on one connection."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        delivery: EventDelivery,
+        fall_back: Callable[[str], None] | None,
+    ) -> None:
+        """``fall_back(reason)`` switches to watch mode when the journal is refused (None: no)."""
+        self._connection = connection
+        self._delivery = delivery
+        self._fall_back = fall_back
+        self._responses = 0
+        self._history: list[JobEvent] | None = []  # None once the sentinel came
+        self._history_jobs: set[int] = set()
+
+    def start(self) -> None:
+        """Ask for the journal with its full history."""
+        connection = self._connection
+        future = connection.bindings.journal(connection.handle)
+        future.then(connection.guard(self._on_response))
+
+    def tick(self, now: float) -> None:
+        """Nothing to do on the timer: the journal streams by itself."""
+
+    def _on_response(self, future: RPCFuture) -> None:
+        connection = self._connection
+        try:
+            response = future.get()
+        except OSError as err:
+            self._on_error(err)
+            return
+        future.reset()
+        if self._responses == 0:
+            connection.downstream.connected(
+                f"journal mode: {JOURNAL_TOPIC} on {connection.uri}",
+                flux_version=connection.flux_version,
+            )
+        self._responses += 1
+        if not isinstance(response, dict):
+            self._malformed(f"journal response is not an object: {response!r}")
+            return
+        jobid = response.get("id")
+        entries = response.get("events")
+        if jobid == -1 and not entries:
+            self._history_complete()
+            return
+        if type(jobid) is not int or jobid < 0 or not isinstance(entries, list):
+            self._malformed(f"journal response without id/events: {response!r}")
+            return
+        batch: list[JobEvent] = []
+        for entry in entries:
+            event = to_event(connection.downstream, jobid, MAIN, entry, response)
+            if event is not None:
+                batch.append(event)
+        if self._history is not None:
+            self._history_jobs.add(jobid)
+            self._history.extend(batch)
+            return
+        self._delivery.deliver_main(batch, live=True)
+
+    def _malformed(self, detail: str) -> None:
+        self._connection.downstream.reject_input("malformed", detail[:300])
+
+    def _on_error(self, err: OSError) -> None:
+        connection = self._connection
+        refused = self._responses == 0 and err.errno in (errno.EPERM, errno.ENOSYS, errno.EPROTO)
+        if refused and self._fall_back is not None:
+            why = _REFUSALS.get(err.errno or 0, f"the journal failed: {err.strerror}")
+            connection.log.warning("source.fallback", mode="watch", reason=why)
+            self._fall_back(why)
+        elif refused:
+            connection.lose(f"journal refused: {describe(err)}")
+        elif err.errno == errno.ENODATA:
+            connection.lose("the journal stream ended (job-manager unloaded or broker stopping)")
+        else:
+            connection.lose(f"journal error: {describe(err)}")
+
+    def _history_complete(self) -> None:
+        """The sentinel: deliver history as the start says, reopen exec watches, go live."""
+        connection, delivery = self._connection, self._delivery
+        history = sorted(self._history or [], key=lambda event: event.timestamp)
+        self._history = None
+        since = connection.memory.since
+        news: list[JobEvent] = []
+        match connection.start:
+            case Start.FRESH:
+                delivery.exec_history_until = history[-1].timestamp if history else 0.0
+                delivery.deliver_main(history, live=False, watch_exec=False)
+            case Start.RESUMED:
+                delivery.exec_history_until = connection.memory.exec_since
+                old = [event for event in history if event.timestamp <= since]
+                delivery.deliver_main(old, live=False, watch_exec=False)
+                news = [event for event in history if event.timestamp > since]
+            case Start.RECONNECTED:
+                self._forget_vanished()
+                news = [event for event in history if event.timestamp > since]
+        # Exec watches opened here and at each alloc among the news hold those jobs'
+        # cleans until their exec eventlogs are read.
+        delivery.resume()
+        delivery.deliver_main(news, live=True)
+        connection.go_live()
+
+    def _forget_vanished(self) -> None:
+        """Jobs tracked before the drop that the new history does not mention are gone."""
+        vanished = self._connection.memory.active - self._history_jobs
+        if vanished:
+            self._connection.downstream.forget(
+                sorted(vanished), "absent from the journal after reconnecting"
+            )
+            for jobid in vanished:
+                self._delivery.job_gone(jobid)

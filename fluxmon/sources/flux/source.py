@@ -1,0 +1,201 @@
+"""The Flux source: connections, reconnects with backoff, and one reactor per connection."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Final, Protocol
+
+from structlog.typing import FilteringBoundLogger
+
+from fluxmon.config import FluxSettings
+from fluxmon.sources import Downstream, WatchStats
+from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
+from fluxmon.sources.flux.checkpoint import Checkpoint
+from fluxmon.sources.flux.connection import Connection, Memory, Start
+from fluxmon.sources.flux.delivery import EventDelivery
+from fluxmon.sources.flux.journal import JournalMode
+from fluxmon.sources.flux.watch import WatchMode
+
+#: The system instance's URI, used when neither the config nor FLUX_URI name one.
+SYSTEM_URI: Final = "local:///run/flux/local"
+#: Period of the housekeeping timer (stop flag, checkpoint, held cleans, polling).
+TICK: Final = 0.25
+#: Seconds between checkpoint writes (and one at exit).
+CHECKPOINT_EVERY: Final = 5.0
+
+
+def resolve_uri(configured: str | None, environ: Mapping[str, str]) -> str:
+    """``--uri``/config, else ``$FLUX_URI``, else the system instance."""
+    return configured or environ.get("FLUX_URI") or SYSTEM_URI
+
+
+class Mode(Protocol):
+    """How a connection follows jobs: :class:`JournalMode` or :class:`WatchMode`."""
+
+    def start(self) -> None:
+        """Send the first requests."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work (``now`` is monotonic)."""
+
+
+@dataclass
+class FluxSource:
+    """Feeds a Flux instance's job events into the pipeline (a ``Source``)."""
+
+    settings: FluxSettings
+    _: KW_ONLY
+    uri: str
+    bindings: Bindings
+    stats: WatchStats
+    log: FilteringBoundLogger
+    clock: Callable[[], float] = time.time  # wall clock
+    monotonic: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)  # reconnect jitter
+    checkpoint: Checkpoint | None = None
+    memory: Memory = field(default_factory=Memory, init=False)
+    _next_start: Start = field(default=Start.FRESH, init=False)
+
+    def __post_init__(self) -> None:
+        """Resume from the checkpoint, if there is one with a timestamp in it."""
+        if self.checkpoint is None:
+            return
+        since, exec_since = self.checkpoint.load(self.log)
+        if since > 0:
+            self.memory.since, self.memory.exec_since = since, exec_since
+            self._next_start = Start.RESUMED
+            self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
+
+    def save_checkpoint(self) -> None:
+        """Write the newest delivered timestamps (if there is a checkpoint)."""
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.memory.since, self.memory.exec_since, self.log)
+
+    def run(self, downstream: Downstream, stop: threading.Event) -> None:
+        """Connect, stream, and reconnect with capped exponential backoff until stopped.
+
+        Raises :class:`FluxUnavailable` when the very first connection fails.
+        """
+        try:
+            self._run(downstream, stop)
+        finally:
+            self.save_checkpoint()
+
+    def _run(self, downstream: Downstream, stop: threading.Event) -> None:
+        backoff = self.settings.reconnect_min
+        while not stop.is_set():
+            try:
+                handle = self.bindings.connect(self.uri)
+            except OSError as err:
+                if self._next_start is not Start.RECONNECTED:  # never connected yet
+                    raise FluxUnavailable(
+                        f"cannot connect to {self.uri}: {err.strerror or err}"
+                    ) from None
+                self.log.warning(
+                    "source.reconnect_failed", uri=self.uri, error=str(err), retry_in=backoff
+                )
+                stop.wait(self._jitter(backoff))
+                backoff = min(backoff * 2, self.settings.reconnect_max)
+                continue
+            connection = self._connection(handle, downstream)
+            self._next_start = Start.RECONNECTED
+            try:
+                reason = _Session(connection, stop, self.save_checkpoint).run()
+            finally:
+                self.bindings.close(handle)
+            caught_up = connection.caught_up
+            del connection, handle  # the bindings close a handle with its last reference
+            if stop.is_set():
+                return
+            downstream.disconnected(reason)
+            if caught_up:
+                backoff = self.settings.reconnect_min
+            stop.wait(self._jitter(backoff))
+            backoff = min(backoff * 2, self.settings.reconnect_max)
+
+    def _connection(self, handle: Any, downstream: Downstream) -> Connection:
+        connected_at = self.clock()
+        try:
+            version = self.bindings.version(handle)
+        except OSError as err:
+            self.log.warning("source.version_unknown", error=str(err))
+            version = "unknown"
+        return Connection(
+            settings=self.settings,
+            uri=self.uri,
+            bindings=self.bindings,
+            handle=handle,
+            downstream=downstream,
+            stats=self.stats,
+            log=self.log,
+            clock=self.clock,
+            monotonic=self.monotonic,
+            memory=self.memory,
+            start=self._next_start,
+            flux_version=version,
+            connected_at=connected_at,
+        )
+
+    def _jitter(self, seconds: float) -> float:
+        """Full jitter in [seconds/2, seconds], so many monitors do not reconnect in step."""
+        return seconds * (0.5 + 0.5 * self.rng.random())
+
+
+class _Session:
+    """One connection's reactor: a housekeeping timer and the mode, until lost or stopped."""
+
+    def __init__(
+        self, connection: Connection, stop: threading.Event, save_checkpoint: Callable[[], None]
+    ) -> None:
+        self._connection = connection
+        self._stop = stop
+        self._save_checkpoint = save_checkpoint
+        self._delivery = EventDelivery(connection)
+        self._next_checkpoint = 0.0  # monotonic
+        self._mode: Mode
+        if connection.settings.mode == "watch":
+            self._mode = WatchMode(
+                connection, self._delivery, 'watch mode: configured (flux.mode = "watch")'
+            )
+        else:
+            fall_back = self._fall_back if connection.settings.mode == "auto" else None
+            self._mode = JournalMode(connection, self._delivery, fall_back)
+
+    def run(self) -> str:
+        """Stream until the connection is lost or stop is set; returns why it ended."""
+        connection = self._connection
+        bindings, handle = connection.bindings, connection.handle
+        timer = bindings.timer(handle, TICK, connection.guard(self._tick))
+        try:
+            self._mode.start()
+            try:
+                bindings.run(handle)
+            except OSError as err:
+                connection.lost = connection.lost or f"reactor stopped: {err.strerror or err}"
+        finally:
+            self._delivery.close()
+            with contextlib.suppress(OSError, AttributeError):
+                timer.stop()
+        return connection.lost or "the event stream ended"
+
+    def _fall_back(self, why: str) -> None:
+        """The journal was refused: follow the jobs in watch mode on this connection."""
+        self._mode = WatchMode(self._connection, self._delivery, f"watch mode: {why}")
+        self._mode.start()
+
+    def _tick(self) -> None:
+        connection = self._connection
+        if self._stop.is_set():
+            connection.bindings.stop(connection.handle)
+            return
+        now = connection.monotonic()
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + CHECKPOINT_EVERY
+            self._save_checkpoint()
+        self._delivery.release_overdue(now)
+        self._mode.tick(now)
