@@ -165,7 +165,7 @@ class RecordDownstream:
 
     def caught_up(self) -> None:
         """Log the end of history."""
-        self._log.info("history.caught_up", events=self.events_written)
+        self._log.info("history.caught_up", history_events=self.events_written)
 
     def reject_input(self, reason: str, detail: str) -> None:
         """Log refused input."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -147,19 +146,6 @@ def test_bad_config_names_file_and_keys_and_exits_78(tmp_path: Path) -> None:
         assert any("log.format" in line and "logfmt, json" in line for line in lines)
         assert any("log.levl" in line and "did you mean 'level'" in line for line in lines)
         assert any("http.listen" in line for line in lines)
-
-
-def test_run_without_bindings_is_one_line_and_exit_69(tmp_path: Path) -> None:
-    """Without importable flux bindings, run explains the fix in one line and exits 69."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = subprocess.run([sys.executable, "-c", "import flux"], env=env, check=False)
-    if probe.returncode == 0:
-        pytest.skip("the flux bindings are importable in this interpreter")
-    proc = subprocess.run([*FLUXMON, "run"], env=env, capture_output=True, text=True, check=False)
-    assert proc.returncode == 69
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "flux python --get-path" in lines[0]
 
 
 def test_listen_address_in_use_exits_71() -> None:
