@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -17,16 +15,9 @@ RULE_TESTS = PROMETHEUS_DIR / "fluxmon-rules.test.yml"
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.example.yml"
 
 PROMTOOL = shutil.which("promtool")
-_T = TypeVar("_T", bound=Callable[..., object])
-
-
-def needs_promtool(test: _T) -> _T:
-    """Mark a test that runs promtool (``-m "not promtool"`` deselects it); skip it without."""
-    skip = pytest.mark.skipif(
-        PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)"
-    )
-    return pytest.mark.promtool(skip(test))
-
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)"
+)
 
 EXPECTED_ALERTS = {
     "FluxmonDown",
@@ -83,6 +74,7 @@ def test_every_alert_is_tested_firing_and_not_firing(alert: str) -> None:
     assert outcomes == {True, False}
 
 
+@pytest.mark.promtool
 @needs_promtool
 def test_promtool_check_rules() -> None:
     """`promtool check rules` accepts the rules file."""
@@ -91,6 +83,7 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in proc.stdout
 
 
+@pytest.mark.promtool
 @needs_promtool
 def test_promtool_unit_tests_pass() -> None:
     """`promtool test rules` passes every unit test of the rules."""
@@ -99,6 +92,7 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in proc.stdout
 
 
+@pytest.mark.promtool
 @needs_promtool
 def test_example_prometheus_config_is_valid() -> None:
     """`promtool check config` accepts the example scrape configuration and its rules."""
@@ -106,6 +100,7 @@ def test_example_prometheus_config_is_valid() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.promtool
 @needs_promtool
 @pytest.mark.parametrize(
     ("original", "mutant"),
@@ -115,6 +110,11 @@ def test_example_prometheus_config_is_valid() -> None:
         pytest.param('type!~"cancel|timeout"', 'type!~"timeout"', id="cancel-not-excluded"),
         pytest.param('{state=~"PRIORITY|SCHED"} > 0)', '{state=~"PRIORITY|SCHED"})', id="zero"),
         pytest.param('up{job="fluxmon"} == 0 or ', 'up{job="fluxmon"} == 0 and ', id="absent"),
+        pytest.param(
+            "sum by (cluster, job, instance, queue) (rate(flux_jobs_finished_total{result",
+            "sum by (job, instance, queue) (rate(flux_jobs_finished_total{result",
+            id="cluster-dropped",
+        ),
     ],
 )
 def test_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, mutant: str) -> None:
