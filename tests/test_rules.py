@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 
@@ -15,9 +17,16 @@ RULE_TESTS = PROMETHEUS_DIR / "fluxmon-rules.test.yml"
 EXAMPLE_CONFIG = PROMETHEUS_DIR / "prometheus.example.yml"
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)"
-)
+_Test = TypeVar("_Test", bound=Callable[..., None])
+
+
+def needs_promtool(test: _Test) -> _Test:
+    """Mark a test that runs promtool (``-m "not promtool"`` deselects it); skip it without."""
+    skip = pytest.mark.skipif(
+        PROMTOOL is None, reason="promtool is not installed (Debian package: prometheus)"
+    )
+    return cast("_Test", pytest.mark.promtool(skip(test)))
+
 
 EXPECTED_ALERTS = {
     "FluxmonDown",
@@ -74,7 +83,6 @@ def test_every_alert_is_tested_firing_and_not_firing(alert: str) -> None:
     assert outcomes == {True, False}
 
 
-@pytest.mark.promtool
 @needs_promtool
 def test_promtool_check_rules() -> None:
     """`promtool check rules` accepts the rules file."""
@@ -83,7 +91,6 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in proc.stdout
 
 
-@pytest.mark.promtool
 @needs_promtool
 def test_promtool_unit_tests_pass() -> None:
     """`promtool test rules` passes every unit test of the rules."""
@@ -92,7 +99,6 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in proc.stdout
 
 
-@pytest.mark.promtool
 @needs_promtool
 def test_example_prometheus_config_is_valid() -> None:
     """`promtool check config` accepts the example scrape configuration and its rules."""
@@ -100,7 +106,6 @@ def test_example_prometheus_config_is_valid() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.promtool
 @needs_promtool
 @pytest.mark.parametrize(
     ("original", "mutant"),
