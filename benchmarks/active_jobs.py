@@ -22,18 +22,13 @@ from prometheus_client import generate_latest
 from fluxmon.app import build
 from fluxmon.config import load_settings
 from fluxmon.events import EXEC, JobEvent
-from fluxmon.testing import ev, jobspec
+from fluxmon.testing import ev, pending
 
 
 def job_events(jobid: int, t0: float, running: bool) -> list[JobEvent]:
     """A job left pending in SCHED, or running with a few exec events."""
-    events = [
-        ev(jobid, "submit", t0, jobspec=jobspec(("batch", "debug", "gpu")[jobid % 3], 3600.0),
-           userid=1000 + jobid % 50, urgency=16, flags=0, version=1),
-        ev(jobid, "validate", t0 + 0.01),
-        ev(jobid, "depend", t0 + 0.02),
-        ev(jobid, "priority", t0 + 0.03, priority=16),
-    ]  # fmt: skip
+    queue = ("batch", "debug", "gpu")[jobid % 3]
+    events = pending(jobid, t0, queue=queue, duration=3600.0, userid=1000 + jobid % 50)
     if running:
         events += [
             ev(jobid, "alloc", t0 + 1.0, annotations={"sched": {"resource_summary": "rank0"}}),

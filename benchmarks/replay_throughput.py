@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from fluxmon.jobspec import RLIMIT, jobspec, resource_set
+
 if TYPE_CHECKING:
     from fluxmon.config import Settings
 
@@ -84,31 +86,17 @@ class Job:
 
 
 def _jobspec(rng: random.Random, command: list[str], nnodes: int) -> dict[str, Any]:
-    slot = {"type": "slot", "count": 1, "with": [{"type": "core", "count": 1}], "label": "task"}
-    resources: list[dict[str, Any]] = (
-        [{"type": "node", "count": nnodes, "with": [slot]}] if nnodes > 1 else [slot]
-    )
-    system: dict[str, Any] = {
-        "duration": rng.choice([0, 0, 60.0, 3600.0]),
-        "cwd": "/tmp",
-        "shell": {
-            "options": {
-                "rlimit": {
-                    "cpu": -1, "fsize": -1, "data": -1, "stack": 8388608, "core": 0,
-                    "nofile": 20000, "as": -1, "rss": -1, "nproc": 96365,
-                }
-            }
-        },
-    }  # fmt: skip
+    duration = rng.choice([0, 0, 60.0, 3600.0])
     queue = rng.choice([None, "batch", "batch", "debug"])
-    if queue is not None:
-        system["queue"] = queue
-    return {
-        "resources": resources,
-        "tasks": [{"command": command, "slot": "task", "count": {"per_slot": 1}}],
-        "attributes": {"system": system},
-        "version": 1,
-    }
+    return jobspec(
+        queue,
+        duration,
+        nnodes,
+        command=command,
+        nnodes=nnodes if nnodes > 1 else None,
+        cwd="/tmp",
+        rlimit=RLIMIT,
+    )
 
 
 def _lifecycle(rng: random.Random, jobid: int, start: float) -> list[tuple[float, Line]]:
@@ -152,16 +140,7 @@ def _lifecycle(rng: random.Random, jobid: int, start: float) -> list[tuple[float
         "alloc",
         {"annotations": {"sched": {"resource_summary": f"rank{ranks}/core0"}}},
         gap=rng.uniform(0.002, 5),
-        R={
-            "version": 1,
-            "execution": {
-                "R_lite": [{"rank": ranks, "children": {"core": "0"}}],
-                "starttime": job.ts,
-                "expiration": 0.0,
-                "nslots": nnodes,
-                "nodelist": [f"node{i}" for i in range(nnodes)],
-            },
-        },
+        R=resource_set(job.ts, nnodes, nslots=nnodes),
     )
     if rng.random() < 0.1:
         job.emit("prolog-start", {"description": "job-manager.prolog"})

@@ -1,6 +1,7 @@
 """Event builders and a recording sink, shipped for fluxmon's tests and for yours.
 
-Nothing here touches Flux, a clock or the network.
+Nothing here touches Flux, a clock or the network. :func:`jobspec` is
+:func:`fluxmon.jobspec.jobspec`, re-exported.
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fluxmon.events import EXEC, MAIN, JobEvent, JobState
+from fluxmon.jobspec import jobspec
 from fluxmon.tracker import Job, NullSink
+
+__all__ = [
+    "RecordingSink",
+    "ev",
+    "jobspec",
+    "lifecycle",
+    "parse_log",
+    "pending",
+    "replay_lines",
+]
 
 
 def ev(
@@ -28,18 +40,22 @@ def ev(
     return JobEvent(jobid, eventlog, name, float(timestamp), context, jobspec, R)
 
 
-def jobspec(queue: str | None = None, duration: float = 0.0, slots: int = 1) -> dict[str, Any]:
-    """A minimal RFC 25 jobspec with an optional queue and time limit."""
-    system: dict[str, Any] = {"duration": duration}
-    if queue is not None:
-        system["queue"] = queue
-    return {
-        "version": 1,
-        "resources": [{"type": "slot", "count": slots, "label": "task",
-                       "with": [{"type": "core", "count": 1}]}],
-        "tasks": [{"command": ["true"], "slot": "task", "count": {"per_slot": 1}}],
-        "attributes": {"system": system},
-    }  # fmt: skip
+def pending(
+    jobid: int,
+    t0: float,
+    *,
+    queue: str | None = None,
+    duration: float = 0.0,
+    userid: int = 1000,
+) -> list[JobEvent]:
+    """A job's events from submit to SCHED: submit, validate, depend, priority."""
+    return [
+        ev(jobid, "submit", t0, jobspec=jobspec(queue, duration), userid=userid, urgency=16,
+           flags=0, version=1),
+        ev(jobid, "validate", t0 + 0.01),
+        ev(jobid, "depend", t0 + 0.02),
+        ev(jobid, "priority", t0 + 0.03, priority=16),
+    ]  # fmt: skip
 
 
 def lifecycle(
@@ -56,15 +72,8 @@ def lifecycle(
     """A complete job that runs and finishes with wait status ``status``."""
     t_alloc = t0 + 0.03 + wait
     t_finish = t_alloc + runtime
-    events = [
-        ev(jobid, "submit", t0, jobspec=jobspec(queue, duration), userid=1000, urgency=16,
-           flags=0, version=1),
-        ev(jobid, "validate", t0 + 0.01),
-        ev(jobid, "depend", t0 + 0.02),
-        ev(jobid, "priority", t0 + 0.03, priority=16),
-        ev(jobid, "alloc", t_alloc),
-        ev(jobid, "start", t_alloc + 0.01),
-    ]  # fmt: skip
+    events = pending(jobid, t0, queue=queue, duration=duration)
+    events += [ev(jobid, "alloc", t_alloc), ev(jobid, "start", t_alloc + 0.01)]
     if exec_events:
         events += [
             ev(jobid, "init", t_alloc + 0.001, EXEC),

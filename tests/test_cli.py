@@ -85,6 +85,7 @@ def test_demo_serves_every_family_with_rising_counters(
     assert total(second, "fluxmon_event_errors") == 0
 
 
+@pytest.mark.promtool
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_finds_nothing_in_a_demo_scrape(
     demo: tuple[subprocess.Popen[str], int, Path],

@@ -1,4 +1,8 @@
-"""End to end: a real Prometheus scrapes `fluxmon demo`; every dashboard and rule query answers."""
+"""End to end: a real Prometheus scrapes `fluxmon demo`; every dashboard and rule query answers.
+
+The scrape job labels the demo ``cluster="e2e"``, as prometheus.example.yml does for a real
+cluster, so the dashboard's $cluster and $instance variables are exercised like in Grafana.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +22,21 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.promtool
+pytestmark = [pytest.mark.promtool, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "fluxmon-dashboard.json"
 RULES = ROOT / "prometheus" / "fluxmon-rules.yml"
 PROMETHEUS = shutil.which("prometheus")
 
-#: How long Prometheus scrapes the demo before the queries (the whole test stays under 90 s).
-SCRAPE_SECONDS = 45.0
-#: Grafana's variables, as Grafana would expand them for "All queues, last hour".
+#: How long the demo may take to put every series the dashboard and the rules need into
+#: Prometheus. The fixture polls and goes on as soon as they are all there (in seconds).
+READY_TIMEOUT = 120.0
+#: The ``cluster`` label the scrape job gives the demo, and one no target has.
+CLUSTER = "e2e"
+OTHER_CLUSTER = "elsewhere"
+#: Grafana's variables but $cluster and $instance, as Grafana expands them for "All queues,
+#: last hour".
 VARIABLES = {
     "$__rate_interval": "1m",
     "$__interval_ms": "15000",
@@ -115,9 +124,16 @@ class PromAPI:
         return result
 
 
-def _substitute(expr: str) -> str:
-    """Expand Grafana's variables in a panel query."""
-    for name, value in VARIABLES.items():
+def _selected(value: str) -> str:
+    """A variable value as Grafana puts it into a Prometheus regex matcher's string literal."""
+    return re.escape(value).replace("\\", "\\\\")
+
+
+def _substitute(expr: str, cluster: str = _selected(CLUSTER), instance: str = ".*") -> str:
+    """Expand Grafana's variables in a query; by default the demo's cluster, all instances."""
+    variables = {"${cluster}": cluster, "$cluster": cluster}
+    variables |= {"${instance}": instance, "$instance": instance}
+    for name, value in (variables | VARIABLES).items():
         expr = expr.replace(name, value)
     assert "$" not in expr, f"unsubstituted variable in {expr!r}"
     return expr
@@ -130,19 +146,87 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(panel.get("panels", []))
 
 
+def _panel_queries(**selection: str) -> Iterator[tuple[str, str]]:
+    """(panel title [refId], query) of every dashboard target, variables expanded."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in _panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            name = f"{panel['title']!r} [{target['refId']}]"
+            yield name, _substitute(target["expr"], **selection)
+
+
+def _variable_values(api: PromAPI, name: str, **selection: str) -> list[str]:
+    """The values a dashboard query variable lists, as Grafana gets them (label values API)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = (v for v in dashboard["templating"]["list"] if v["name"] == name)
+    match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+    assert match, variable["definition"]
+    selector = _substitute(match.group(1), **selection)
+    values: list[str] = api.call(f"/api/v1/label/{match.group(2)}/values", **{"match[]": selector})
+    return values
+
+
+def _recording_rules(api: PromAPI) -> list[dict[str, Any]]:
+    """The recording rules Prometheus loaded."""
+    groups = api.call("/api/v1/rules")["groups"]
+    return [r for g in groups for r in g["rules"] if r["type"] == "recording"]
+
+
+def _exemplar_jobids(api: PromAPI) -> list[str]:
+    """The jobid labels of the queue-wait exemplars Prometheus stored in the last 10 minutes."""
+    now = time.time()
+    data = api.call(
+        "/api/v1/query_exemplars",
+        query="flux_job_queue_wait_seconds_bucket",
+        start=str(now - 600),
+        end=str(now),
+    )
+    return [e["labels"].get("jobid", "") for series in data for e in series["exemplars"]]
+
+
+def _missing(api: PromAPI) -> list[str]:
+    """What the tests need that Prometheus does not have yet: panel, rule or exemplar data."""
+    missing = []
+    up = f'up{{job="fluxmon", cluster="{CLUSTER}"}}'
+    if [s["value"][1] for s in api.query(up)] != ["1"]:
+        missing.append(f"{up} == 1")
+    for name, expr in _panel_queries():
+        if not api.query(expr):
+            missing.append(f"panel {name}: {expr}")
+    for rule in _recording_rules(api):
+        if not api.query(rule["query"]):
+            missing.append(f"rule {rule['name']}: {rule['query']}")
+        recorded = f'{rule["name"]}{{cluster="{CLUSTER}"}}'
+        if not api.query(recorded):
+            missing.append(f"recorded series {recorded}")
+    if not _exemplar_jobids(api):
+        missing.append("exemplars of flux_job_queue_wait_seconds_bucket")
+    return missing
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromAPI]:
-    """A Prometheus server that has scraped `fluxmon demo --rate 50` for SCRAPE_SECONDS."""
+    """A Prometheus server that scrapes `fluxmon demo --rate 50` and has every series needed."""
     if PROMETHEUS is None:
         pytest.skip("the prometheus server binary is not installed (Debian package: prometheus)")
     tmp = tmp_path_factory.mktemp("e2e")
     demo_port, prom_port = _free_port(), _free_port()
     demo_log, prom_log = tmp / "fluxmon.log", tmp / "prometheus.log"
+    # The recording group's 30 s interval is a production setting; evaluated every second,
+    # the recorded series (and the rules built on them) appear within seconds.
+    rules = RULES.read_text()
+    assert rules.count("    interval: 30s\n") == 1
+    (tmp / RULES.name).write_text(rules.replace("    interval: 30s\n", "    interval: 1s\n"))
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
+        "rule_files": [str(tmp / RULES.name)],
         "scrape_configs": [
-            {"job_name": "fluxmon", "static_configs": [{"targets": [f"127.0.0.1:{demo_port}"]}]}
+            {
+                "job_name": "fluxmon",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{demo_port}"], "labels": {"cluster": CLUSTER}}
+                ],
+            }
         ],
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -174,46 +258,85 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PromAPI]:
         _wait_for(f"http://127.0.0.1:{demo_port}/readyz", demo, demo_log, 20)
         _wait_for(f"http://127.0.0.1:{prom_port}/-/ready", server, prom_log, 20)
         api = PromAPI(f"http://127.0.0.1:{prom_port}")
-        deadline = time.monotonic() + SCRAPE_SECONDS
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while missing := _missing(api):
             for proc, log in ((demo, demo_log), (server, prom_log)):
                 if proc.poll() is not None:
                     pytest.fail(f"{proc.args!r} exited with {proc.returncode}:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"after {READY_TIMEOUT:.0f} s Prometheus still lacks:\n" + "\n".join(missing)
+                )
             time.sleep(1)
-        up = api.query('up{job="fluxmon"}')
-        assert [s["value"][1] for s in up] == ["1"], f"fluxmon not scraped: {up}"
         yield api
     finally:
         _stop(demo)
         _stop(server)
 
 
-def test_queue_variable_lists_the_demo_queues(prometheus: PromAPI) -> None:
-    """The dashboard's $queue variable query (label_values of the submit counter) finds queues."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    (variable,) = (v for v in dashboard["templating"]["list"] if v["name"] == "queue")
-    match = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"])
-    assert match, variable["definition"]
-    values = prometheus.call("/api/v1/label/queue/values", **{"match[]": match.group(1)})
-    assert values, "no queue values"
+def test_variables_list_the_demo_cluster_instance_and_queues(prometheus: PromAPI) -> None:
+    """$cluster lists the scrape label; $instance and $queue, chained on it, list the demo's."""
+    assert _variable_values(prometheus, "cluster") == [CLUSTER]
+    (instance,) = _variable_values(prometheus, "instance")
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", instance)
+    assert _variable_values(prometheus, "instance", cluster=OTHER_CLUSTER) == []
+    selection = {"instance": _selected(instance)}
+    assert set(_variable_values(prometheus, "queue", **selection)) == {"batch", "debug", "gpu"}
+    assert _variable_values(prometheus, "queue", cluster=OTHER_CLUSTER) == []
 
 
-def test_every_dashboard_panel_query_returns_data(prometheus: PromAPI) -> None:
+@pytest.mark.parametrize(
+    "selection",
+    [
+        pytest.param({}, id="demo-cluster-all-instances"),
+        pytest.param({"instance": "demo"}, id="demo-cluster-demo-instance"),
+        pytest.param({"cluster": ".*"}, id="all-clusters"),
+    ],
+)
+def test_every_dashboard_panel_query_returns_data(
+    prometheus: PromAPI, selection: dict[str, str]
+) -> None:
     """Each panel's queries (variables expanded, all queues) return data; failures name panels."""
-    dashboard = json.loads(DASHBOARD.read_text())
+    if selection.get("instance") == "demo":
+        (instance,) = _variable_values(prometheus, "instance")
+        selection = {"instance": _selected(instance)}
     failures = []
     checked = 0
-    for panel in _panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            expr = _substitute(target["expr"])
-            checked += 1
-            try:
-                if not prometheus.query(expr):
-                    failures.append(f"{panel['title']!r} [{target['refId']}]: no data: {expr}")
-            except AssertionError as error:
-                failures.append(f"{panel['title']!r} [{target['refId']}]: {error}")
+    for name, expr in _panel_queries(**selection):
+        checked += 1
+        try:
+            if not prometheus.query(expr):
+                failures.append(f"{name}: no data: {expr}")
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
     assert checked >= 20
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        pytest.param({"cluster": OTHER_CLUSTER}, id="other-cluster"),
+        pytest.param({"instance": _selected("127.0.0.1:1")}, id="other-instance"),
+    ],
+)
+def test_every_panel_is_empty_for_another_cluster_or_instance(
+    prometheus: PromAPI, selection: dict[str, str]
+) -> None:
+    """With a cluster or instance that is not the demo's selected, no panel shows any data."""
+    shown = [name for name, expr in _panel_queries(**selection) if prometheus.query(expr)]
+    assert shown == []
+
+
+def test_recorded_series_keep_the_cluster_label(prometheus: PromAPI) -> None:
+    """Every recording rule's series carries the target's cluster, so $cluster filters them."""
+    names = {rule["name"] for rule in _recording_rules(prometheus)}
+    assert len(names) >= 5
+    for name in sorted(names):
+        series = prometheus.query(name)
+        assert series, name
+        assert {s["metric"].get("cluster") for s in series} == {CLUSTER}, name
+        assert prometheus.query(f'{name}{{cluster="{OTHER_CLUSTER}"}}') == [], name
 
 
 def test_every_rule_loads_and_its_expression_evaluates(prometheus: PromAPI) -> None:
@@ -252,13 +375,6 @@ def test_health_alerts_are_quiet_for_a_healthy_demo(prometheus: PromAPI, alert: 
 
 def test_queue_wait_exemplars_carry_jobids(prometheus: PromAPI) -> None:
     """The queue-wait histogram's exemplars reach Prometheus with an f58 jobid label."""
-    now = time.time()
-    data = prometheus.call(
-        "/api/v1/query_exemplars",
-        query="flux_job_queue_wait_seconds_bucket",
-        start=str(now - 600),
-        end=str(now),
-    )
-    jobids = [e["labels"].get("jobid", "") for series in data for e in series["exemplars"]]
+    jobids = _exemplar_jobids(prometheus)
     assert jobids, "no exemplars stored"
     assert all(F58.match(j) for j in jobids), jobids[:5]

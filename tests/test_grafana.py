@@ -85,16 +85,93 @@ def test_no_hard_coded_datasource_uid() -> None:
         assert ref == {"type": "prometheus", "uid": "${datasource}"}
 
 
-def test_variables_are_datasource_and_multi_all_queue() -> None:
-    """$datasource picks a Prometheus source; $queue lists queues, multi-select with All."""
-    variables = {v["name"]: v for v in _load()["templating"]["list"]}
+def test_variables_are_datasource_then_multi_all_cluster_instance_queue() -> None:
+    """$datasource picks a Prometheus source; $cluster, $instance, $queue chain, multi with All."""
+    listed = _load()["templating"]["list"]
+    assert [v["name"] for v in listed] == ["datasource", "cluster", "instance", "queue"]
+    variables = {v["name"]: v for v in listed}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    queue = variables["queue"]
-    assert queue["query"]["query"] == "label_values(flux_jobs_submitted_total, queue)"
-    assert queue["multi"] is True
-    assert queue["includeAll"] is True
-    assert queue["allValue"] == ".*"
+    queries = {
+        "cluster": "label_values(fluxmon_build_info, cluster)",
+        "instance": 'label_values(fluxmon_build_info{cluster=~"$cluster"}, instance)',
+        "queue": 'label_values(flux_jobs_submitted_total{cluster=~"$cluster", '
+        'instance=~"$instance"}, queue)',
+    }
+    for name, query in queries.items():
+        variable = variables[name]
+        assert variable["query"]["query"] == variable["definition"] == query
+        assert variable["multi"] is True, name
+        assert variable["includeAll"] is True, name
+        assert variable["allValue"] == ".*", name  # All also matches a target without the label
+        assert variable["current"]["value"] == ["$__all"], name
+
+
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\{[^}]*\}|\[[^\]]*\]|[A-Za-z_:][\w:]*|\S')
+_NAME = re.compile(r"[A-Za-z_:][\w:]*")
+_NOT_METRICS = {"and", "or", "unless", "bool", "offset", "Inf", "NaN"}
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """Each vector selector of a PromQL expression: (metric name, its ``{...}`` or "")."""
+    tokens = ["", *_TOKEN.findall(_GROUPING.sub(" ", expr)), ""]
+    found = []
+    for before, token, after in zip(tokens, tokens[1:], tokens[2:], strict=False):
+        if token.startswith("{") and not _NAME.fullmatch(before):
+            found.append(("", token))  # a selector by labels alone
+        elif _NAME.fullmatch(token) and token not in _NOT_METRICS and after != "(":
+            found.append((token, after if after.startswith("{") else ""))  # not a function
+    return found
+
+
+def _unfiltered(expr: str) -> list[str]:
+    """The selectors of ``expr`` that do not filter by $cluster and $instance."""
+    needed = ('cluster=~"$cluster"', 'instance=~"$instance"')
+    return [
+        name + labels
+        for name, labels in _selectors(expr)
+        if not all(matcher in labels for matcher in needed)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expr", "unfiltered"),
+    [
+        pytest.param("fluxmon_connected", ["fluxmon_connected"], id="bare"),
+        pytest.param(
+            'sum by (le) (rate(flux_x_bucket{queue=~"$queue"}[$__rate_interval]))',
+            ['flux_x_bucket{queue=~"$queue"}'],
+            id="queue-only",
+        ),
+        pytest.param(
+            'a{cluster=~"$cluster", instance=~"$instance"} / on (queue) b{cluster=~"$cluster"}',
+            ['b{cluster=~"$cluster"}'],
+            id="one-side",
+        ),
+        pytest.param(
+            'time() - min by (queue) (instance_queue:x:rate5m{cluster=~"$cluster", '
+            'instance=~"$instance"} > 0)',
+            [],
+            id="recorded-series-filtered",
+        ),
+    ],
+)
+def test_the_cluster_filter_check_finds_a_forgotten_selector(
+    expr: str, unfiltered: list[str]
+) -> None:
+    """The check below names exactly the selectors that lack the cluster or instance matcher."""
+    assert _unfiltered(expr) == unfiltered
+
+
+def test_every_panel_query_filters_by_cluster_and_instance() -> None:
+    """Every selector of every panel query (recorded series too) honours $cluster and $instance."""
+    checked = 0
+    for panel, target in _targets():
+        assert _selectors(target["expr"]), (panel["title"], target["expr"])
+        assert _unfiltered(target["expr"]) == [], (panel["title"], target["refId"])
+        checked += 1
+    assert checked >= 20
 
 
 def test_job_queries_filter_by_queue_and_fluxmon_queries_do_not() -> None:

@@ -159,6 +159,7 @@ def test_state_gauges_at_scrape_time() -> None:
     assert get("fluxmon_tracked_jobs", {}) == 1
 
 
+@pytest.mark.promtool
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_check_metrics(replay: Callable[..., Replayed], tmp_path: Path) -> None:
     """promtool check metrics finds no problem in the exposition."""

@@ -8,6 +8,7 @@ tracker's record of account can be checked against an independent expectation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import io
 import math
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from fluxmon.app import build
 from fluxmon.config import load_settings
 from fluxmon.events import EXEC, MAIN, STATES, JobEvent, JobState, Result, f58
+from fluxmon.jobspec import RLIMIT, jobspec, resource_set
 from fluxmon.tracker import Job, NullSink, Tracker
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -150,25 +152,6 @@ def _done(tl: Timeline, result: Result | None, returncode: int | None) -> Lifecy
     )
 
 
-def _jobspec(queue: str | None, duration: float, nnodes: int, command: list[str]) -> dict[str, Any]:
-    """A jobspec shaped like the recorded ones (RFC 25 v1)."""
-    slot = {"type": "slot", "count": 1, "with": [{"type": "core", "count": 1}], "label": "task"}
-    resources = [{"type": "node", "count": nnodes, "with": [slot]}] if nnodes > 1 else [slot]
-    system: dict[str, Any] = {
-        "duration": duration,
-        "cwd": "/tmp",
-        "shell": {"options": {"rlimit": {"cpu": -1, "stack": 8388608, "nofile": 20000}}},
-    }
-    if queue is not None:
-        system["queue"] = queue
-    return {
-        "resources": resources,
-        "tasks": [{"command": command, "slot": "task", "count": {"per_slot": 1}}],
-        "attributes": {"system": system},
-        "version": 1,
-    }
-
-
 @st.composite
 def wait_statuses(draw: Draw) -> tuple[int, int]:
     """A shell wait status and the return code ``flux jobs`` derives from it."""
@@ -186,13 +169,20 @@ def wait_statuses(draw: Draw) -> tuple[int, int]:
 def _submit(tl: Timeline, *, urgency: int = 16) -> None:
     draw = tl.draw
     tl.nnodes = draw(st.integers(1, 3))
-    jobspec = _jobspec(
-        draw(QUEUES), draw(st.sampled_from([0, 60.0, 3600])), tl.nnodes, ["sh", "-c", "exit 0"]
+    nnodes = tl.nnodes
+    spec = jobspec(
+        draw(QUEUES),
+        draw(st.sampled_from([0, 60.0, 3600])),
+        nnodes,
+        command=["sh", "-c", "exit 0"],
+        nnodes=nnodes if nnodes > 1 else None,
+        cwd="/tmp",
+        rlimit=RLIMIT,
     )
     tl.emit(
         "submit",
         {"userid": draw(st.sampled_from([0, 1000])), "urgency": urgency, "flags": 0, "version": 1},
-        jobspec=jobspec,
+        jobspec=spec,
     )
 
 
@@ -226,15 +216,7 @@ def _running(tl: Timeline, status: int, fatal: str | None) -> Result:
     """
     draw = tl.draw
     ranks = "0" if tl.nnodes == 1 else f"0-{tl.nnodes - 1}"
-    R = {
-        "version": 1,
-        "execution": {
-            "R_lite": [{"rank": ranks, "children": {"core": "0"}}],
-            "starttime": tl.ts,
-            "expiration": 0.0,
-            "nodelist": [f"node{i}" for i in range(tl.nnodes)],
-        },
-    }
+    R = resource_set(tl.ts, tl.nnodes)
     tl.emit(
         "alloc",
         {"annotations": {"sched": {"resource_summary": f"rank{ranks}/core0"}}},
@@ -290,37 +272,31 @@ def _cleanup(tl: Timeline) -> None:
 
 
 @st.composite
-def plain_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
-    """Submit to clean with no dependency or hold; success or failure by exit code or signal."""
+def ran_lives(
+    draw: Draw,
+    jobid: int,
+    start: float,
+    *,
+    deps: bool | None = False,
+    hold: bool = False,
+    killed: bool = False,
+) -> Lifecycle:
+    """Submit to clean through RUN; success or failure by exit code or signal.
+
+    ``deps``: a dependency is added before validate and removed before depend (None:
+    drawn). ``hold``: submitted held (urgency 0), released by an urgency event. ``killed``:
+    canceled, timed out or failed to exec while running (a fatal exception, then finish).
+    """
     tl = Timeline(draw, jobid, start)
-    _submit(tl)
-    _pending(tl)
-    status, code = draw(wait_statuses())
-    result = _running(tl, status, None)
-    _cleanup(tl)
-    return _done(tl, result, code)
-
-
-@st.composite
-def dependent_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
-    """A job whose dependency is added before validate and removed before depend."""
-    tl = Timeline(draw, jobid, start)
-    _submit(tl)
-    _pending(tl, deps=True)
-    status, code = draw(wait_statuses())
-    result = _running(tl, status, None)
-    _cleanup(tl)
-    return _done(tl, result, code)
-
-
-@st.composite
-def held_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
-    """A job submitted held (urgency 0), released by an urgency event, then run."""
-    tl = Timeline(draw, jobid, start)
-    _submit(tl, urgency=0)
-    _pending(tl, deps=draw(st.booleans()), hold=True)
-    status, code = draw(wait_statuses())
-    result = _running(tl, status, None)
+    _submit(tl, urgency=0 if hold else 16)
+    _pending(tl, deps=draw(st.booleans()) if deps is None else deps, hold=hold)
+    statuses = wait_statuses()
+    fatal = None
+    if killed:
+        statuses = st.one_of(statuses, st.sampled_from([(36608, 143), (15, -15), (9, -9)]))
+        fatal = draw(st.sampled_from(["cancel", "timeout", "exec"]))
+    status, code = draw(statuses)
+    result = _running(tl, status, fatal)
     _cleanup(tl)
     return _done(tl, result, code)
 
@@ -349,20 +325,6 @@ def canceled_pending_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
 
 
 @st.composite
-def killed_running_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
-    """A running job canceled, timed out or failed to exec: fatal exception, then finish."""
-    tl = Timeline(draw, jobid, start)
-    _submit(tl)
-    _pending(tl, deps=draw(st.booleans()))
-    status, code = draw(
-        st.one_of(wait_statuses(), st.sampled_from([(36608, 143), (15, -15), (9, -9)]))
-    )
-    result = _running(tl, status, draw(st.sampled_from(["cancel", "timeout", "exec"])))
-    _cleanup(tl)
-    return _done(tl, result, code)
-
-
-@st.composite
 def invalidated_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
     """A job refused by validation: submit, then invalidate; it is dropped unfinished."""
     tl = Timeline(draw, jobid, start)
@@ -371,12 +333,13 @@ def invalidated_lives(draw: Draw, jobid: int, start: float) -> Lifecycle:
     return Lifecycle(jobid, tuple(tl.events), True, None, None, {}, {})
 
 
-LIFE_KINDS: Final = (
-    plain_lives,
-    dependent_lives,
-    held_lives,
+#: One entry per kind of job, each called with (jobid, start) to give its strategy.
+LIFE_KINDS: Final[tuple[Callable[[int, float], st.SearchStrategy[Lifecycle]], ...]] = (
+    ran_lives,  # plain: no dependency, no hold
+    functools.partial(ran_lives, deps=True),
+    functools.partial(ran_lives, deps=None, hold=True),
     canceled_pending_lives,
-    killed_running_lives,
+    functools.partial(ran_lives, deps=None, killed=True),
     invalidated_lives,
 )
 

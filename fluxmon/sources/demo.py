@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 from fluxmon.events import EMPTY_CONTEXT, EXEC, MAIN, JobEvent, f58
+from fluxmon.jobspec import RLIMIT, jobspec, resource_set
 from fluxmon.sources import Downstream
 
 # --- the cluster -------------------------------------------------------------------
@@ -49,18 +50,6 @@ _USERS: Final[Mapping[int, str]] = {
     1005: "erin",
 }
 _USER_WEIGHTS: Final = (5.0, 3.0, 2.0, 1.0, 1.0)
-#: Shell rlimits as ``flux submit`` copies them into every jobspec.
-_RLIMIT: Final[Mapping[str, int]] = {
-    "cpu": -1,
-    "fsize": -1,
-    "data": -1,
-    "stack": 8388608,
-    "core": 0,
-    "nofile": 20000,
-    "as": -1,
-    "rss": -1,
-    "nproc": 96365,
-}
 #: FLUID jobids count milliseconds since the instance started; say it started a day ago.
 _UPTIME_MS: Final = 86_400_000
 #: Runtimes are unscaled up to this rate and shrink in proportion above it, which keeps
@@ -204,34 +193,22 @@ class _Fluid:
 # --- jobspec and R -------------------------------------------------------------------
 
 
-def _resources(request: _Request) -> list[dict[str, Any]]:
-    """RFC 14 resources as ``flux submit -N/-n/-c/-g`` writes them."""
-    inner: list[dict[str, Any]] = [{"type": "core", "count": request.cores}]
-    if request.gpus:
-        inner.append({"type": "gpu", "count": request.gpus})
-    if request.nnodes is None:
-        return [{"type": "slot", "count": request.nslots, "with": inner, "label": "task"}]
-    per_node = request.nslots // request.nnodes
-    slot = {"type": "slot", "count": per_node, "with": inner, "label": "task"}
-    return [{"type": "node", "count": request.nnodes, "with": [slot]}]
-
-
 def _jobspec(plan: _Plan) -> dict[str, Any]:
     """The redacted jobspec ``submit`` carries."""
-    system: dict[str, Any] = {
-        "duration": plan.duration or 0,  # flux submit writes an integer 0 for "none"
-        "cwd": f"/home/{_USERS[plan.userid]}",
-        "queue": plan.queue.name,
-        "shell": {"options": {"rlimit": dict(_RLIMIT)}},
-    }
-    if plan.parent is not None:
-        system["dependencies"] = [{"scheme": "afterok", "value": _flux_f58(plan.parent)}]
-    return {
-        "resources": _resources(plan.request),
-        "tasks": [{"command": plan.command, "slot": "task", "count": {"per_slot": 1}}],
-        "attributes": {"system": system},
-        "version": 1,
-    }
+    request = plan.request
+    after = [] if plan.parent is None else [_flux_f58(plan.parent)]
+    return jobspec(
+        plan.queue.name,
+        plan.duration or 0,  # flux submit writes an integer 0 for "none"
+        request.nslots,
+        command=plan.command,
+        cores=request.cores,
+        gpus=request.gpus,
+        nnodes=request.nnodes,
+        cwd=f"/home/{_USERS[plan.userid]}",
+        rlimit=RLIMIT,
+        dependencies=[{"scheme": "afterok", "value": parent} for parent in after],
+    )
 
 
 #: An allocation: rank -> (cores, gpus), ranks ascending.
@@ -252,16 +229,10 @@ def _R(alloc: Allocation, starttime: float, duration: float, nslots: int) -> dic
         sorted(alloc), key=lambda rank: _children(*alloc[rank])
     ):
         r_lite.append({"rank": _idset(list(group)), "children": children})
-    return {
-        "version": 1,
-        "execution": {
-            "R_lite": r_lite,
-            "starttime": starttime,
-            "expiration": starttime + duration if duration > 0 else 0.0,
-            "nslots": nslots,
-            "nodelist": [_hostlist(sorted(alloc))],
-        },
-    }
+    nodelist = [_hostlist(sorted(alloc))]
+    return resource_set(
+        starttime, duration=duration, nslots=nslots, r_lite=r_lite, nodelist=nodelist
+    )
 
 
 def _resource_summary(alloc: Allocation) -> str:
