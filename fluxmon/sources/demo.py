@@ -740,7 +740,6 @@ class _Job:
     succeeded: bool = False
     alloc: Allocation = field(default_factory=dict)
     free_at: float = math.inf
-    clean_at: float = math.inf
     last_ts: float = 0.0
     dependents: list[int] = field(default_factory=list)
 
