@@ -2,8 +2,10 @@
 
 Job metrics (``flux_*``) are filled by :class:`MetricsSink` from the tracker's calls;
 the current-state gauges are computed at scrape time by :class:`SnapshotCollector`;
-the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`. All of them
-are registered in a registry passed in, never the global one.
+the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`, which also
+registers prometheus_client's process, platform and GC collectors (``process_*``,
+``python_*``). All of them are registered in a registry passed in, never the global
+one, and none has a ``_created`` series (see :class:`_WithoutCreated`).
 
 The hot path is :meth:`MetricsSink.job_event` (once per event): it resolves the
 labelled child from a per-queue dict keyed by the raw (eventlog, name) pair, so the
@@ -15,20 +17,23 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fluxmon import __version__
 from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
-
-# No ``_created`` series anywhere (the design's contract); this is prometheus_client's
-# public switch and it is process-wide by nature.
-_disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OTHER: Final = "other"
 #: Open-ended labels whose distinct values are capped.
@@ -51,6 +56,46 @@ class Buckets:
     )  # fmt: skip
     short: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
     ratio: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
+
+
+_Own = TypeVar("_Own", Counter, Gauge, Histogram)
+#: Metric types whose families prometheus_client gives a ``_created`` sample.
+_WITH_CREATED: Final = frozenset({"counter", "histogram", "summary"})
+
+
+class _WithoutCreated(Collector):
+    """fluxmon's own metric objects, collected without their ``_created`` samples.
+
+    prometheus_client adds a ``_created`` sample to every counter and histogram unless its
+    ``disable_created_metrics()`` switch is off, and that switch is process-wide: flipping
+    it would change every registry in the process, including ones fluxmon does not own
+    (a test's, an embedding program's). fluxmon's contract has no ``_created`` series, so
+    its metrics are created unregistered and registered through this collector instead,
+    which drops those samples from fluxmon's registry only (one pass over the samples of
+    counters and histograms per scrape; nothing on the event path).
+    """
+
+    def __init__(self) -> None:
+        self._metrics: list[Counter | Gauge | Histogram] = []
+
+    def add(self, metric: _Own) -> _Own:
+        """Collect ``metric`` (created with ``registry=None``) through this collector."""
+        self._metrics.append(metric)
+        return metric
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every metric's family, ``_created`` samples removed."""
+        for metric in self._metrics:
+            for family in metric.collect():
+                if family.type in _WITH_CREATED:
+                    created = family.name + "_created"
+                    family.samples = [s for s in family.samples if s.name != created]
+                yield family
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe every metric, so the registry refuses duplicate names."""
+        for metric in self._metrics:
+            yield from metric.describe()
 
 
 class LabelCap:
@@ -79,13 +124,15 @@ class JobMetrics:
     """The ``flux_*`` metric families."""
 
     def __init__(self, registry: CollectorRegistry, buckets: Buckets) -> None:
+        own = _WithoutCreated()
+
         def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
-            return Counter(name, doc, list(labels), registry=registry)
+            return own.add(Counter(name, doc, list(labels), registry=None))
 
         def histogram(
             name: str, doc: str, labels: Iterable[str], bounds: tuple[float, ...]
         ) -> Histogram:
-            return Histogram(name, doc, list(labels), registry=registry, buckets=bounds)
+            return own.add(Histogram(name, doc, list(labels), registry=None, buckets=bounds))
 
         self.events = counter(
             "flux_job_events_total",
@@ -148,66 +195,88 @@ class JobMetrics:
             ("queue", "phase"),
             buckets.short,
         )
+        registry.register(own)
 
 
 class SelfMetrics:
-    """The ``fluxmon_*`` metric families: the monitor's own health."""
+    """The monitor's own health: the ``fluxmon_*`` families, and ``process_*``/``python_*``.
+
+    The last two come from prometheus_client's process (Linux ``/proc``), platform and
+    GC collectors, registered here so every registry fluxmon builds has them.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.build_info = Gauge(
-            "fluxmon_build_info",
-            "fluxmon build and the flux-core it talks to; always 1.",
-            ["version", "flux_core_version", "python_version"],
-            registry=registry,
+        own = _WithoutCreated()
+        self.build_info = own.add(
+            Gauge(
+                "fluxmon_build_info",
+                "fluxmon build and the flux-core it talks to; always 1.",
+                ["version", "flux_core_version", "python_version"],
+                registry=None,
+            )
         )
         self._build_labels = (__version__, "unknown", platform.python_version())
         self.build_info.labels(*self._build_labels).set(1)
-        self.connected = Gauge(
-            "fluxmon_connected", "1 while the event stream is live.", registry=registry
+        self.connected = own.add(
+            Gauge("fluxmon_connected", "1 while the event stream is live.", registry=None)
         )
-        self.ready = Gauge("fluxmon_ready", "1 once history is caught up.", registry=registry)
-        self.reconnects = Counter(
-            "fluxmon_reconnects", "Reconnections to the event source.", registry=registry
+        self.ready = own.add(Gauge("fluxmon_ready", "1 once history is caught up.", registry=None))
+        self.reconnects = own.add(
+            Counter("fluxmon_reconnects", "Reconnections to the event source.", registry=None)
         )
-        self.processed = Counter(
-            "fluxmon_events_processed", "Events received from the source.", registry=registry
+        self.processed = own.add(
+            Counter("fluxmon_events_processed", "Events received from the source.", registry=None)
         )
-        self.errors = Counter(
-            "fluxmon_event_errors",
-            "Events refused or anomalies found, by reason.",
-            ["reason"],
-            registry=registry,
+        self.errors = own.add(
+            Counter(
+                "fluxmon_event_errors",
+                "Events refused or anomalies found, by reason.",
+                ["reason"],
+                registry=None,
+            )
         )
         for reason in REJECT_REASONS:
             self.errors.labels(reason)
-        self.watches = Gauge(
-            "fluxmon_watches", "Open per-job eventlog watches.", ["eventlog"], registry=registry
+        self.watches = own.add(
+            Gauge("fluxmon_watches", "Open per-job eventlog watches.", ["eventlog"], registry=None)
         )
         for label in EVENTLOG_LABEL.values():
             self.watches.labels(label)
-        self.watch_errors = Counter(
-            "fluxmon_watch_errors",
-            "Per-job eventlog watches that failed, by errno name.",
-            ["errno"],
-            registry=registry,
+        self.watch_errors = own.add(
+            Counter(
+                "fluxmon_watch_errors",
+                "Per-job eventlog watches that failed, by errno name.",
+                ["errno"],
+                registry=None,
+            )
         )
-        self.last_event = Gauge(
-            "fluxmon_last_event_timestamp_seconds",
-            "Timestamp of the newest event seen.",
-            registry=registry,
+        self.last_event = own.add(
+            Gauge(
+                "fluxmon_last_event_timestamp_seconds",
+                "Timestamp of the newest event seen.",
+                registry=None,
+            )
         )
-        self.lag = Histogram(
-            "fluxmon_event_lag_seconds",
-            "Receive time minus event timestamp, for live events.",
-            registry=registry,
-            buckets=LAG_BUCKETS,
+        self.lag = own.add(
+            Histogram(
+                "fluxmon_event_lag_seconds",
+                "Receive time minus event timestamp, for live events.",
+                registry=None,
+                buckets=LAG_BUCKETS,
+            )
         )
-        self.label_overflow = Counter(
-            "fluxmon_label_overflow",
-            "Label values replaced by 'other' because the label's cap was reached.",
-            ["label"],
-            registry=registry,
+        self.label_overflow = own.add(
+            Counter(
+                "fluxmon_label_overflow",
+                "Label values replaced by 'other' because the label's cap was reached.",
+                ["label"],
+                registry=None,
+            )
         )
+        registry.register(own)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
     def watch_opened(self, eventlog: str) -> None:
         """A per-job watch was opened (``WatchStats``)."""
