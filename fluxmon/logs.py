@@ -180,6 +180,9 @@ def job_record(job: Job) -> dict[str, object]:
 class LogSink(NullSink):
     """Writes the job records of the log contract (a :class:`~fluxmon.tracker.Sink`)."""
 
+    #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
+    kind: Final = "logs"
+
     def __init__(self, log: FilteringBoundLogger, *, events: bool = True) -> None:
         self._log = log
         self._events = events

@@ -273,6 +273,15 @@ class SelfMetrics:
                 registry=None,
             )
         )
+        self.internal_errors = own.add(
+            Counter(
+                "fluxmon_internal_errors",
+                "Exceptions raised inside fluxmon while handling an event, by where; "
+                "the event still counts as applied.",
+                ["where"],
+                registry=None,
+            )
+        )
         registry.register(own)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -336,6 +345,9 @@ class _QueueSeries:
 
 class MetricsSink(NullSink):
     """Turns the tracker's calls into job metrics (a :class:`~fluxmon.tracker.Sink`)."""
+
+    #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
+    kind: Final = "metrics"
 
     def __init__(
         self,
