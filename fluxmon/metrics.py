@@ -2,8 +2,8 @@
 
 Job metrics (``flux_*``) are filled by :class:`MetricsSink` from the tracker's calls;
 the current-state gauges are computed at scrape time by :class:`SnapshotCollector`;
-the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`, which also
-registers prometheus_client's process, platform and GC collectors (``process_*``,
+the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`, which can also
+register prometheus_client's process, platform and GC collectors (``process_*``,
 ``python_*``). All of them are registered in a registry passed in, never the global
 one, and none has a ``_created`` series (see :class:`_WithoutCreated`).
 
@@ -201,8 +201,8 @@ class JobMetrics:
 class SelfMetrics:
     """The monitor's own health: the ``fluxmon_*`` families, and ``process_*``/``python_*``.
 
-    The last two come from prometheus_client's process (Linux ``/proc``), platform and
-    GC collectors, registered here so every registry fluxmon builds has them.
+    The last two come from prometheus_client's process, platform and GC collectors,
+    added by :meth:`register_runtime_collectors` (the daemon calls it; replay does not).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -283,9 +283,18 @@ class SelfMetrics:
             )
         )
         registry.register(own)
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
+        self._registry = registry
+
+    def register_runtime_collectors(self) -> None:
+        """Add prometheus_client's process, platform and GC collectors to the registry.
+
+        They give the ``process_*`` (read from Linux ``/proc``) and ``python_*`` families
+        of this process: the daemon has them, ``fluxmon replay`` does not, so that the
+        exposition it prints depends on its input only.
+        """
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
+        GCCollector(registry=self._registry)
 
     def watch_opened(self, eventlog: str) -> None:
         """A per-job watch was opened (``WatchStats``)."""

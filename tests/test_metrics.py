@@ -51,12 +51,8 @@ CONTRACT_FAMILIES = {
 }
 
 
-#: Lines of the process_* and python_* families: this process's own, never deterministic.
-RUNTIME_LINE = re.compile(r"^(# (HELP|TYPE) )?(process|python)_.*\n", re.MULTILINE)
-
-
 def exposition(out: Replayed) -> str:
-    text = RUNTIME_LINE.sub("", generate_latest(out.parts.registry).decode())
+    text = generate_latest(out.parts.registry).decode()
     # The build line names this machine's Python; everything else is deterministic.
     return re.sub(r'python_version="[^"]*"', 'python_version="X"', text)
 

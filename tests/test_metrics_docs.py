@@ -1,15 +1,19 @@
-"""The README's metric table and the exposition of a fresh pipeline name the same families."""
+"""The README's metric table and what the daemon's /metrics exposes name the same families."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
-from fluxmon.app import build
+from fluxmon.app import EX_OK, build, serve
+from fluxmon.sources import Downstream
 from tests.conftest import json_settings
 
 README = Path(__file__).parent.parent / "README.md"
@@ -28,11 +32,38 @@ def documented() -> dict[str, str]:
     return rows
 
 
+class Scrape:
+    """A source that scrapes the daemon it runs in once, then stops it."""
+
+    def __init__(self) -> None:
+        self.address: tuple[str, int] | None = None
+        self.text = ""
+
+    def run(self, downstream: Downstream, stop: threading.Event) -> None:
+        """Fetch /metrics of the freshly started daemon and stop it."""
+        assert self.address is not None
+        host, port = self.address
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
+            self.text = reply.read().decode()
+        stop.set()
+
+
 def exposed() -> dict[str, str]:
-    """Family name -> type in the exposition of a freshly built pipeline."""
-    parts = build(json_settings(), io.StringIO(), clock=None)
-    text = generate_latest(parts.registry).decode()
-    return {m["name"]: m["type"] for m in TYPE_LINE.finditer(text)}
+    """Family name -> type in the /metrics of a freshly started daemon."""
+    base = json_settings()
+    settings = dataclasses.replace(
+        base, http=dataclasses.replace(base.http, listen=("127.0.0.1", 0))
+    )
+    scrape = Scrape()
+
+    def listening(address: tuple[str, int]) -> None:
+        scrape.address = address
+
+    status = serve(
+        settings, scrape, mode="test", log_stream=io.StringIO(), environ={}, on_listen=listening
+    )
+    assert status == EX_OK
+    return {m["name"]: m["type"] for m in TYPE_LINE.finditer(scrape.text)}
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +107,11 @@ def test_the_process_and_runtime_families_are_there(
     assert expo.get("process_start_time_seconds") == "gauge"
     assert expo.get("process_cpu_seconds_total") == "counter"
     assert expo.get("python_gc_collections_total") == "counter"
+
+
+def test_replay_exposition_has_no_process_families() -> None:
+    """A replay's exposition leaves out process_* and python_*: it depends on its input only."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    text = generate_latest(parts.registry).decode()
+    assert "fluxmon_build_info" in text
+    assert not re.search(r"^(# (HELP|TYPE) )?(process|python)_", text, re.MULTILINE)
