@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fluxmon import __version__
+from fluxmon.config import MetricsSettings
 from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
@@ -44,18 +45,16 @@ LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 @dataclass(frozen=True)
 class Buckets:
-    """Histogram bucket bounds, in seconds (ratio is unitless)."""
+    """Histogram bucket bounds, in seconds (ratio is unitless).
 
-    wait: tuple[float, ...] = (
-        1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
-        172800, 345600, 604800,
-    )  # fmt: skip
-    runtime: tuple[float, ...] = (
-        1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800,
-        259200, 604800, 1209600,
-    )  # fmt: skip
-    short: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-    ratio: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
+    The defaults are the configuration's (:class:`~fluxmon.config.MetricsSettings`,
+    ``[metrics.buckets]``), defined there once.
+    """
+
+    wait: tuple[float, ...] = MetricsSettings.wait_buckets
+    runtime: tuple[float, ...] = MetricsSettings.runtime_buckets
+    short: tuple[float, ...] = MetricsSettings.short_buckets
+    ratio: tuple[float, ...] = MetricsSettings.ratio_buckets
 
 
 _Own = TypeVar("_Own", Counter, Gauge, Histogram)
