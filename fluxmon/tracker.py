@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeGuard
 
 from fluxmon.events import (
@@ -437,7 +438,11 @@ class Tracker:
                 or not 0 <= jobid <= MAX_JOBID
                 or type(ts) not in (float, int)
                 or not math.isfinite(ts)  # OverflowError for an int past the float range
-                or (type(context) is not dict and not isinstance(context, Mapping))
+                or (
+                    type(context) is not dict
+                    and type(context) is not MappingProxyType  # EMPTY_CONTEXT, without an ABC check
+                    and not isinstance(context, Mapping)
+                )
                 or (eventlog != MAIN and eventlog != EXEC)  # noqa: PLR1714 - str ==, no hashing
             )
         except BAD_INPUT as err:  # not shaped like a JobEvent at all
