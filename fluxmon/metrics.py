@@ -1,5 +1,7 @@
 """Every metric fluxmon exports: names, help, labels, buckets, and the sink that fills them.
 
+(The configurable bucket defaults are defined once, in :mod:`fluxmon.config`.)
+
 Job metrics (``flux_*``) are filled by :class:`MetricsSink` from the tracker's calls;
 the current-state gauges are computed at scrape time by :class:`SnapshotCollector`;
 the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`, which can also
@@ -229,7 +231,7 @@ class SelfMetrics:
         self.errors = own.add(
             Counter(
                 "fluxmon_event_errors",
-                "Events refused or anomalies found, by reason.",
+                "Input refused (events, replay lines, journal responses), by reason.",
                 ["reason"],
                 registry=None,
             )

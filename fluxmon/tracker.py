@@ -227,7 +227,7 @@ class Sink(Protocol):
         """An exception was raised on ``job``."""
 
     def job_finished(self, job: Job) -> None:
-        """``job`` reached INACTIVE; its record is complete and it is about to be forgotten."""
+        """``job`` reached INACTIVE; its record is complete and the tracker has dropped it."""
 
     def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
         """An event was refused, for ``reason``; ``detail`` says what was wrong."""
@@ -424,7 +424,8 @@ class Tracker:
         """Apply one event; return True if it was accepted.
 
         With ``live=False`` (history replayed on connect) the job's state is rebuilt
-        but nothing is reported except refusals, so history is not counted twice.
+        but nothing is reported except refusals, so history is not counted twice. A
+        sink that raises does not make the event refused (see :meth:`_sink_failed`).
         """
         try:
             name = event.name
