@@ -425,7 +425,7 @@ class Tracker:
 
         With ``live=False`` (history replayed on connect) the job's state is rebuilt
         but nothing is reported except refusals, so history is not counted twice. A
-        sink that raises does not make the event refused (see :meth:`_sink_failed`).
+        sink that raises does not make the event refused (see :attr:`on_sink_error`).
         """
         try:
             name = event.name
