@@ -158,7 +158,6 @@ class Pipeline:
             where=where,
             error=f"{type(error).__name__}: {error}",
             traceback="".join(traceback.format_exception(error)),
-            note="later failures of this kind are only counted",
         )
 
     # -- reads from other threads -------------------------------------------------------
