@@ -235,6 +235,7 @@ def serve(
 ) -> int:
     """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``)."""
     parts = build(settings, log_stream, clock=clock)
+    parts.self_metrics.register_runtime_collectors()
     log, pipeline = parts.log, parts.pipeline
     if callable(source):
         source = source(parts)

@@ -6,6 +6,7 @@ Everything downstream of a source (tracker, sinks) sees only :class:`JobEvent`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 #: Eventlog paths as Flux names them (RFC 21 main eventlog, exec system eventlog).
@@ -54,7 +55,8 @@ class JobEvent(NamedTuple):
     R: Mapping[str, Any] | None = None
 
 
-EMPTY_CONTEXT: Final[Mapping[str, Any]] = {}
+#: The context of an event that has none, shared by every such event, hence read-only.
+EMPTY_CONTEXT: Final[Mapping[str, Any]] = MappingProxyType({})
 
 # --- jobids (RFC 19 FLUID, f58 encoding) -------------------------------------
 

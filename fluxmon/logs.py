@@ -8,19 +8,19 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Final, Literal, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from fluxmon.config import LogFormat, LogLevel
 from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58
 from fluxmon.tracker import Job, NullSink
 
-LogFormat = Literal["logfmt", "json"]
-LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _KEY_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
 _TIME_KEYS: Final = ("t_submit", "t_depend", "t_priority", "t_sched", "t_alloc", "t_run",
                      "t_start", "t_cleanup", "t_inactive")  # fmt: skip
@@ -106,7 +106,7 @@ class LineWriter:
 
 
 def make_logger(
-    stream: TextIO | LineWriter, fmt: LogFormat = "logfmt", level: str = "info"
+    stream: TextIO | LineWriter, fmt: LogFormat = "logfmt", level: LogLevel = "info"
 ) -> FilteringBoundLogger:
     """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
     renderer: structlog.typing.Processor
@@ -124,9 +124,16 @@ def make_logger(
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
+
+
+def _json_default(value: object) -> object:
+    """What JSON cannot encode directly: read-only mappings as objects, the rest as text."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
 
 
 def _scalar(value: object) -> object:
@@ -134,7 +141,7 @@ def _scalar(value: object) -> object:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_json_default)
     except (TypeError, ValueError):
         return repr(value)
 
@@ -179,6 +186,9 @@ def job_record(job: Job) -> dict[str, object]:
 
 class LogSink(NullSink):
     """Writes the job records of the log contract (a :class:`~fluxmon.tracker.Sink`)."""
+
+    #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
+    kind: Final = "logs"
 
     def __init__(self, log: FilteringBoundLogger, *, events: bool = True) -> None:
         self._log = log

@@ -1,9 +1,13 @@
 """Every metric fluxmon exports: names, help, labels, buckets, and the sink that fills them.
 
+(The configurable bucket defaults are defined once, in :mod:`fluxmon.config`.)
+
 Job metrics (``flux_*``) are filled by :class:`MetricsSink` from the tracker's calls;
 the current-state gauges are computed at scrape time by :class:`SnapshotCollector`;
-the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`. All of them
-are registered in a registry passed in, never the global one.
+the daemon's own metrics (``fluxmon_*``) live in :class:`SelfMetrics`, which can also
+register prometheus_client's process, platform and GC collectors (``process_*``,
+``python_*``). All of them are registered in a registry passed in, never the global
+one, and none has a ``_created`` series (see :class:`_WithoutCreated`).
 
 The hot path is :meth:`MetricsSink.job_event` (once per event): it resolves the
 labelled child from a per-queue dict keyed by the raw (eventlog, name) pair, so the
@@ -15,20 +19,24 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fluxmon import __version__
+from fluxmon.config import MetricsSettings
 from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
-
-# No ``_created`` series anywhere (the design's contract); this is prometheus_client's
-# public switch and it is process-wide by nature.
-_disable_created_metrics()  # type: ignore[no-untyped-call]
 
 OTHER: Final = "other"
 #: Open-ended labels whose distinct values are capped.
@@ -39,18 +47,56 @@ LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 @dataclass(frozen=True)
 class Buckets:
-    """Histogram bucket bounds, in seconds (ratio is unitless)."""
+    """Histogram bucket bounds, in seconds (ratio is unitless).
 
-    wait: tuple[float, ...] = (
-        1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400,
-        172800, 345600, 604800,
-    )  # fmt: skip
-    runtime: tuple[float, ...] = (
-        1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800,
-        259200, 604800, 1209600,
-    )  # fmt: skip
-    short: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-    ratio: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
+    The defaults are the configuration's (:class:`~fluxmon.config.MetricsSettings`,
+    ``[metrics.buckets]``), defined there once.
+    """
+
+    wait: tuple[float, ...] = MetricsSettings.wait_buckets
+    runtime: tuple[float, ...] = MetricsSettings.runtime_buckets
+    short: tuple[float, ...] = MetricsSettings.short_buckets
+    ratio: tuple[float, ...] = MetricsSettings.ratio_buckets
+
+
+_Own = TypeVar("_Own", Counter, Gauge, Histogram)
+#: Metric types whose families prometheus_client gives a ``_created`` sample.
+_WITH_CREATED: Final = frozenset({"counter", "histogram", "summary"})
+
+
+class _WithoutCreated(Collector):
+    """fluxmon's own metric objects, collected without their ``_created`` samples.
+
+    prometheus_client adds a ``_created`` sample to every counter and histogram unless its
+    ``disable_created_metrics()`` switch is off, and that switch is process-wide: flipping
+    it would change every registry in the process, including ones fluxmon does not own
+    (a test's, an embedding program's). fluxmon's contract has no ``_created`` series, so
+    its metrics are created unregistered and registered through this collector instead,
+    which drops those samples from fluxmon's registry only (one pass over the samples of
+    counters and histograms per scrape; nothing on the event path).
+    """
+
+    def __init__(self) -> None:
+        self._metrics: list[Counter | Gauge | Histogram] = []
+
+    def add(self, metric: _Own) -> _Own:
+        """Collect ``metric`` (created with ``registry=None``) through this collector."""
+        self._metrics.append(metric)
+        return metric
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield every metric's family, ``_created`` samples removed."""
+        for metric in self._metrics:
+            for family in metric.collect():
+                if family.type in _WITH_CREATED:
+                    created = family.name + "_created"
+                    family.samples = [s for s in family.samples if s.name != created]
+                yield family
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe every metric, so the registry refuses duplicate names."""
+        for metric in self._metrics:
+            yield from metric.describe()
 
 
 class LabelCap:
@@ -79,13 +125,15 @@ class JobMetrics:
     """The ``flux_*`` metric families."""
 
     def __init__(self, registry: CollectorRegistry, buckets: Buckets) -> None:
+        own = _WithoutCreated()
+
         def counter(name: str, doc: str, labels: Iterable[str]) -> Counter:
-            return Counter(name, doc, list(labels), registry=registry)
+            return own.add(Counter(name, doc, list(labels), registry=None))
 
         def histogram(
             name: str, doc: str, labels: Iterable[str], bounds: tuple[float, ...]
         ) -> Histogram:
-            return Histogram(name, doc, list(labels), registry=registry, buckets=bounds)
+            return own.add(Histogram(name, doc, list(labels), registry=None, buckets=bounds))
 
         self.events = counter(
             "flux_job_events_total",
@@ -148,66 +196,106 @@ class JobMetrics:
             ("queue", "phase"),
             buckets.short,
         )
+        registry.register(own)
 
 
 class SelfMetrics:
-    """The ``fluxmon_*`` metric families: the monitor's own health."""
+    """The monitor's own health: the ``fluxmon_*`` families, and ``process_*``/``python_*``.
+
+    The last two come from prometheus_client's process, platform and GC collectors,
+    added by :meth:`register_runtime_collectors` (the daemon calls it; replay does not).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.build_info = Gauge(
-            "fluxmon_build_info",
-            "fluxmon build and the flux-core it talks to; always 1.",
-            ["version", "flux_core_version", "python_version"],
-            registry=registry,
+        own = _WithoutCreated()
+        self.build_info = own.add(
+            Gauge(
+                "fluxmon_build_info",
+                "fluxmon build and the flux-core it talks to; always 1.",
+                ["version", "flux_core_version", "python_version"],
+                registry=None,
+            )
         )
         self._build_labels = (__version__, "unknown", platform.python_version())
         self.build_info.labels(*self._build_labels).set(1)
-        self.connected = Gauge(
-            "fluxmon_connected", "1 while the event stream is live.", registry=registry
+        self.connected = own.add(
+            Gauge("fluxmon_connected", "1 while the event stream is live.", registry=None)
         )
-        self.ready = Gauge("fluxmon_ready", "1 once history is caught up.", registry=registry)
-        self.reconnects = Counter(
-            "fluxmon_reconnects", "Reconnections to the event source.", registry=registry
+        self.ready = own.add(Gauge("fluxmon_ready", "1 once history is caught up.", registry=None))
+        self.reconnects = own.add(
+            Counter("fluxmon_reconnects", "Reconnections to the event source.", registry=None)
         )
-        self.processed = Counter(
-            "fluxmon_events_processed", "Events received from the source.", registry=registry
+        self.processed = own.add(
+            Counter("fluxmon_events_processed", "Events received from the source.", registry=None)
         )
-        self.errors = Counter(
-            "fluxmon_event_errors",
-            "Events refused or anomalies found, by reason.",
-            ["reason"],
-            registry=registry,
+        self.errors = own.add(
+            Counter(
+                "fluxmon_event_errors",
+                "Input refused (events, replay lines, journal responses), by reason.",
+                ["reason"],
+                registry=None,
+            )
         )
         for reason in REJECT_REASONS:
             self.errors.labels(reason)
-        self.watches = Gauge(
-            "fluxmon_watches", "Open per-job eventlog watches.", ["eventlog"], registry=registry
+        self.watches = own.add(
+            Gauge("fluxmon_watches", "Open per-job eventlog watches.", ["eventlog"], registry=None)
         )
         for label in EVENTLOG_LABEL.values():
             self.watches.labels(label)
-        self.watch_errors = Counter(
-            "fluxmon_watch_errors",
-            "Per-job eventlog watches that failed, by errno name.",
-            ["errno"],
-            registry=registry,
+        self.watch_errors = own.add(
+            Counter(
+                "fluxmon_watch_errors",
+                "Per-job eventlog watches that failed, by errno name.",
+                ["errno"],
+                registry=None,
+            )
         )
-        self.last_event = Gauge(
-            "fluxmon_last_event_timestamp_seconds",
-            "Timestamp of the newest event seen.",
-            registry=registry,
+        self.last_event = own.add(
+            Gauge(
+                "fluxmon_last_event_timestamp_seconds",
+                "Timestamp of the newest event seen.",
+                registry=None,
+            )
         )
-        self.lag = Histogram(
-            "fluxmon_event_lag_seconds",
-            "Receive time minus event timestamp, for live events.",
-            registry=registry,
-            buckets=LAG_BUCKETS,
+        self.lag = own.add(
+            Histogram(
+                "fluxmon_event_lag_seconds",
+                "Receive time minus event timestamp, for live events.",
+                registry=None,
+                buckets=LAG_BUCKETS,
+            )
         )
-        self.label_overflow = Counter(
-            "fluxmon_label_overflow",
-            "Label values replaced by 'other' because the label's cap was reached.",
-            ["label"],
-            registry=registry,
+        self.label_overflow = own.add(
+            Counter(
+                "fluxmon_label_overflow",
+                "Label values replaced by 'other' because the label's cap was reached.",
+                ["label"],
+                registry=None,
+            )
         )
+        self.internal_errors = own.add(
+            Counter(
+                "fluxmon_internal_errors",
+                "Exceptions raised inside fluxmon while handling an event, by where; "
+                "the event still counts as applied.",
+                ["where"],
+                registry=None,
+            )
+        )
+        registry.register(own)
+        self._registry = registry
+
+    def register_runtime_collectors(self) -> None:
+        """Add prometheus_client's process, platform and GC collectors to the registry.
+
+        They give the ``process_*`` (read from Linux ``/proc``) and ``python_*`` families
+        of this process: the daemon has them, ``fluxmon replay`` does not, so that the
+        exposition it prints depends on its input only.
+        """
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
+        GCCollector(registry=self._registry)
 
     def watch_opened(self, eventlog: str) -> None:
         """A per-job watch was opened (``WatchStats``)."""
@@ -267,6 +355,9 @@ class _QueueSeries:
 
 class MetricsSink(NullSink):
     """Turns the tracker's calls into job metrics (a :class:`~fluxmon.tracker.Sink`)."""
+
+    #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
+    kind: Final = "metrics"
 
     def __init__(
         self,

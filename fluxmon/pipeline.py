@@ -3,11 +3,14 @@
 A source thread calls :class:`Pipeline` (the :class:`~fluxmon.sources.Downstream`);
 HTTP threads read snapshots through it. One lock serialises the tracker: a batch of
 events is applied under one acquisition, and a scrape's snapshot is taken under it.
+The pipeline also reports the tracker's sink failures (``fluxmon_internal_errors_total``
+and one ``fluxmon.internal_error`` record per sink).
 """
 
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 
 from structlog.typing import FilteringBoundLogger
@@ -15,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from fluxmon.events import JobEvent, JobState
 from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
-from fluxmon.tracker import Tracker
+from fluxmon.tracker import Tracker, sink_kind
 
 #: How long a scrape or health check waits for the lock before calling the loop stuck.
 LOCK_TIMEOUT = 5.0
@@ -34,7 +37,11 @@ class Pipeline:
         clock: Callable[[], float] | None = None,
         writer: LineWriter | None = None,
     ) -> None:
-        """``clock`` (wall time) measures event lag (None: off); ``writer`` is held per batch."""
+        """``clock`` (wall time) measures event lag (None: off); ``writer`` is held per batch.
+
+        Takes over ``tracker.on_sink_error``: a failing sink is counted under its kind
+        (each kind's series exists from the start) and logged once per kind.
+        """
         self._writer = writer
         self.tracker = tracker
         self._sink = metrics_sink
@@ -50,6 +57,10 @@ class Pipeline:
         self._history_events = 0
         self._disconnect_reason = "not connected yet"
         self.source_thread: threading.Thread | None = None
+        self._sink_errors_logged: set[str] = set()
+        for sink in tracker.sinks:
+            self_metrics.internal_errors.labels(sink_kind(sink))
+        tracker.on_sink_error = self._sink_failed
 
     # -- Downstream ---------------------------------------------------------------------
 
@@ -135,6 +146,19 @@ class Pipeline:
             self._log.warning(
                 "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
             )
+
+    def _sink_failed(self, where: str, error: Exception) -> None:
+        """Count a sink's exception; log its traceback the first time that sink fails."""
+        self._self.internal_errors.labels(where).inc()
+        if where in self._sink_errors_logged:
+            return
+        self._sink_errors_logged.add(where)
+        self._log.error(
+            "fluxmon.internal_error",
+            where=where,
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(error)),
+        )
 
     # -- reads from other threads -------------------------------------------------------
 

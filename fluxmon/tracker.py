@@ -22,14 +22,17 @@ does not know (or one that has already finished), a main-eventlog event older th
 job's newest (``out_of_order``; main eventlogs are written in time order, so an older
 repeat lands here too), a repeat of the newest one or of an exec event (``duplicate``),
 an event that would move a job back to an earlier state, or a context of the wrong shape.
-Each refusal reaches the sinks as ``event_rejected`` with a reason; nothing raises.
+Each refusal reaches the sinks as ``event_rejected`` with a reason; no input makes the
+tracker raise. A sink that raises is reported through :attr:`Tracker.on_sink_error`
+and does not stop the event: the tracker's state and the other sinks are unaffected.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeGuard
 
 from fluxmon.events import (
@@ -77,6 +80,9 @@ _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
 _BIT: Final[Mapping[str, int]] = {state: 1 << rank for state, rank in RANK.items()}
 #: Finished jobs remembered so a repeated final event reads as a duplicate, not unknown.
 RECENT_FINISHED: Final = 4096
+#: What reading a hostile input can raise (an int past the float range, a digit ``int``
+#: refuses, something that is not an event at all): refused as ``malformed``.
+BAD_INPUT: Final = (TypeError, ValueError, AttributeError, KeyError, OverflowError)
 
 
 class Job:
@@ -195,7 +201,12 @@ class Job:
 
 
 class Sink(Protocol):
-    """What the tracker tells: every method is called synchronously, in event order."""
+    """What the tracker tells: every method is called synchronously, in event order.
+
+    A sink may raise: the tracker then reports it (:attr:`Tracker.on_sink_error`, under
+    the sink's :func:`sink_kind`) and goes on, so the other sinks still see the event and
+    the event still counts as applied.
+    """
 
     def job_event(self, job: Job, event: JobEvent) -> None:
         """An event was accepted and applied; ``job.state`` is the state after it."""
@@ -216,7 +227,7 @@ class Sink(Protocol):
         """An exception was raised on ``job``."""
 
     def job_finished(self, job: Job) -> None:
-        """``job`` reached INACTIVE; its record is complete and it is about to be forgotten."""
+        """``job`` reached INACTIVE; its record is complete and the tracker has dropped it."""
 
     def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
         """An event was refused, for ``reason``; ``detail`` says what was wrong."""
@@ -248,6 +259,19 @@ class NullSink:
 
     def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
         """Ignore a rejection."""
+
+
+def sink_kind(sink: Sink) -> str:
+    """A sink's fixed name for reports: its ``kind`` attribute, else its class name.
+
+    Never derived from input, so it is a bounded metric label value.
+    """
+    kind = getattr(sink, "kind", None)
+    return kind if isinstance(kind, str) else type(sink).__name__
+
+
+def _ignore_sink_error(kind: str, error: Exception) -> None:
+    """The default :attr:`Tracker.on_sink_error`: counted in ``sink_errors`` only."""
 
 
 def returncode_of(status: int | None, result: Result | None) -> int | None:
@@ -388,6 +412,11 @@ class Tracker:
         self._finished: OrderedDict[int, None] = OrderedDict()
         #: Refusals so far by reason (the sinks see each one; this is for summaries).
         self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        #: Exceptions raised by sinks so far, by :func:`sink_kind`.
+        self.sink_errors: dict[str, int] = {}
+        #: Called with the sink's kind and the exception each time a sink raises (the
+        #: pipeline counts and logs it); by default nothing beyond ``sink_errors``.
+        self.on_sink_error: Callable[[str, Exception], None] = _ignore_sink_error
 
     # -- entry points ---------------------------------------------------------------
 
@@ -395,7 +424,8 @@ class Tracker:
         """Apply one event; return True if it was accepted.
 
         With ``live=False`` (history replayed on connect) the job's state is rebuilt
-        but nothing is reported except refusals, so history is not counted twice.
+        but nothing is reported except refusals, so history is not counted twice. A
+        sink that raises does not make the event refused (see :attr:`on_sink_error`).
         """
         try:
             name = event.name
@@ -403,71 +433,80 @@ class Tracker:
             ts = event.timestamp
             context = event.context
             eventlog = event.eventlog
-            if (
+            invalid = (
                 type(name) is not str
                 or type(jobid) is not int
                 or not 0 <= jobid <= MAX_JOBID
                 or type(ts) not in (float, int)
-                or not math.isfinite(ts)
-                or (type(context) is not dict and not isinstance(context, Mapping))
+                or not math.isfinite(ts)  # OverflowError for an int past the float range
+                or (
+                    type(context) is not dict
+                    and type(context) is not MappingProxyType  # EMPTY_CONTEXT, without an ABC check
+                    and not isinstance(context, Mapping)
+                )
                 or (eventlog != MAIN and eventlog != EXEC)  # noqa: PLR1714 - str ==, no hashing
-            ):
-                return self._reject("malformed", "event fields have the wrong types", event)
-            if name in _JOURNAL_ONLY:
-                return True
-            job = self.jobs.get(jobid)
-            if job is None:
-                if jobid in self._finished:
-                    if eventlog == MAIN:
-                        return self._reject("duplicate", f"{name} after the job's clean", event)
-                    return self._reject(
-                        "after_inactive", f"exec event {name} after the job's clean", event
-                    )
-                if name == "submit" and eventlog == MAIN:
-                    return self._submit(event, live)
-                return self._reject("unknown_job", f"{name} for a job with no submit", event)
-            if eventlog == MAIN:
-                last = job.last_main_ts
-                if ts < last:
-                    return self._reject(
-                        "out_of_order",
-                        f"{name} at {ts} is older than the job's last event at {last}",
-                        event,
-                    )
-                if ts == last and (name, context) in job.last_main:
-                    return self._reject("duplicate", f"{name} at {ts} already applied", event)
-                if not self._main(job, event, live):
-                    return False
-                if ts == last:
-                    job.last_main.append((name, context))
-                else:
-                    job.last_main_ts = ts
-                    job.last_main = [(name, context)]
-            else:
-                seen = job.exec_seen
-                if seen is None:
-                    seen = job.exec_seen = {}
-                key = (name, ts)
-                if key in seen and seen[key] == context:
-                    return self._reject("duplicate", f"{name} at {ts} already applied", event)
-                seen[key] = context
-            if live:
-                for sink in self.sinks:
-                    sink.job_event(job, event)
-            if job.state == "INACTIVE" or name == "invalidate":
-                del self.jobs[jobid]
-                finished = self._finished
-                finished[jobid] = None
-                if len(finished) > RECENT_FINISHED:
-                    finished.popitem(last=False)
-                if live and job.state == "INACTIVE":
-                    for sink in self.sinks:
-                        sink.job_finished(job)
-            return True
-        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as err:
-            # Every shape check above should make this unreachable; it is the last
-            # line that keeps one hostile event from stopping the daemon.
+            )
+        except BAD_INPUT as err:  # not shaped like a JobEvent at all
             return self._reject("malformed", f"{type(err).__name__}: {err}", event)
+        if invalid:
+            return self._reject("malformed", "event fields have the wrong types", event)
+        if name in _JOURNAL_ONLY:
+            return True
+        job = self.jobs.get(jobid)
+        if job is None:
+            if jobid in self._finished:
+                if eventlog == MAIN:
+                    return self._reject("duplicate", f"{name} after the job's clean", event)
+                return self._reject(
+                    "after_inactive", f"exec event {name} after the job's clean", event
+                )
+            if name == "submit" and eventlog == MAIN:
+                return self._submit(event, live)
+            return self._reject("unknown_job", f"{name} for a job with no submit", event)
+        if eventlog == MAIN:
+            last = job.last_main_ts
+            if ts < last:
+                return self._reject(
+                    "out_of_order",
+                    f"{name} at {ts} is older than the job's last event at {last}",
+                    event,
+                )
+            if ts == last and (name, context) in job.last_main:
+                return self._reject("duplicate", f"{name} at {ts} already applied", event)
+            if not self._main(job, event, live):
+                return False
+            if ts == last:
+                job.last_main.append((name, context))
+            else:
+                job.last_main_ts = ts
+                job.last_main = [(name, context)]
+        else:
+            seen = job.exec_seen
+            if seen is None:
+                seen = job.exec_seen = {}
+            key = (name, ts)
+            if key in seen and seen[key] == context:
+                return self._reject("duplicate", f"{name} at {ts} already applied", event)
+            seen[key] = context
+        if live:
+            for sink in self.sinks:
+                try:
+                    sink.job_event(job, event)
+                except Exception as error:
+                    self._sink_failed(sink, error)
+        if job.state == "INACTIVE" or name == "invalidate":
+            del self.jobs[jobid]
+            finished = self._finished
+            finished[jobid] = None
+            if len(finished) > RECENT_FINISHED:
+                finished.popitem(last=False)
+            if live and job.state == "INACTIVE":
+                for sink in self.sinks:
+                    try:
+                        sink.job_finished(job)
+                    except Exception as error:
+                        self._sink_failed(sink, error)
+        return True
 
     def forget(self, jobid: int) -> Job | None:
         """Drop a job without finishing it (purged, or gone while fluxmon was away)."""
@@ -494,8 +533,22 @@ class Tracker:
     def _reject(self, reason: str, detail: str, event: JobEvent | None) -> bool:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         for sink in self.sinks:
-            sink.event_rejected(reason, detail, event)
+            try:
+                sink.event_rejected(reason, detail, event)
+            except Exception as error:
+                self._sink_failed(sink, error)
         return False
+
+    def _sink_failed(self, sink: Sink, error: Exception) -> None:
+        """A sink raised: count it and report it; the event stays applied.
+
+        Catching every ``Exception`` from a sink is deliberate: a bug in one sink (a
+        metric, a log renderer) must neither undo the event's other effects nor hide it
+        from the sinks after it, and it is a fault of fluxmon, not of the input.
+        """
+        kind = sink_kind(sink)
+        self.sink_errors[kind] = self.sink_errors.get(kind, 0) + 1
+        self.on_sink_error(kind, error)
 
     def _submit(self, event: JobEvent, live: bool) -> bool:
         context = event.context
@@ -507,14 +560,20 @@ class Tracker:
         if event.jobspec is not None:
             if not isinstance(event.jobspec, Mapping):
                 return self._reject("malformed", "jobspec is not an object", event)
-            job.queue = _queue_of(event.jobspec)
-            job.duration_limit = _duration_of(event.jobspec)
-            job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
+            try:
+                job.queue = _queue_of(event.jobspec)
+                job.duration_limit = _duration_of(event.jobspec)
+                job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
+            except BAD_INPUT as err:
+                return self._reject("malformed", f"jobspec: {type(err).__name__}: {err}", event)
         job.last_main = [("submit", context)]
         self.jobs[event.jobid] = job
         if live:
             for sink in self.sinks:
-                sink.job_event(job, event)
+                try:
+                    sink.job_event(job, event)
+                except Exception as error:
+                    self._sink_failed(sink, error)
         return True
 
     def _move(self, job: Job, new: JobState, event: JobEvent, live: bool) -> None:
@@ -544,7 +603,10 @@ class Tracker:
             self._conclude(job)
         if live and old != "NEW":
             for sink in self.sinks:
-                sink.state_left(job, old, seconds, event)
+                try:
+                    sink.state_left(job, old, seconds, event)
+                except Exception as error:
+                    self._sink_failed(sink, error)
 
     def _advance(self, job: Job, new: JobState, event: JobEvent, live: bool) -> bool:
         """Move forward to a once-only state; a repeat is a no-op, going back is refused."""
@@ -585,7 +647,10 @@ class Tracker:
                 job.status = status
                 job.success = status == 0 and job.exc_severity != 0
             elif name == "alloc" and isinstance(event.R, Mapping):
-                nodes = _nodes_of_R(event.R)
+                try:
+                    nodes = _nodes_of_R(event.R)
+                except BAD_INPUT as err:
+                    return self._reject("malformed", f"R: {type(err).__name__}: {err}", event)
                 if nodes is not None:
                     job.nnodes = nodes
             if not self._advance(job, advance, event, live):
@@ -595,7 +660,10 @@ class Tracker:
                 if live:
                     wait = event.timestamp - job.t_submit
                     for sink in self.sinks:
-                        sink.queued(job, wait, event)
+                        try:
+                            sink.queued(job, wait, event)
+                        except Exception as error:
+                            self._sink_failed(sink, error)
             return True
         if name == "priority":
             priority = context.get("priority")
@@ -636,7 +704,10 @@ class Tracker:
                 self._move(job, "CLEANUP", event, live)
             if live:
                 for sink in self.sinks:
-                    sink.exception(job, etype, severity, event)
+                    try:
+                        sink.exception(job, etype, severity, event)
+                    except Exception as error:
+                        self._sink_failed(sink, error)
             return True
         if name == "start":
             if job.t_start is None and job.t_alloc is not None:
@@ -644,7 +715,10 @@ class Tracker:
                 if live:
                     latency = event.timestamp - job.t_alloc
                     for sink in self.sinks:
-                        sink.launched(job, latency, event)
+                        try:
+                            sink.launched(job, latency, event)
+                        except Exception as error:
+                            self._sink_failed(sink, error)
             return True
         perilog = _PERILOG.get(name)
         if perilog is not None:
@@ -660,7 +734,10 @@ class Tracker:
                     return self._reject("negative_duration", f"{name} before its start", event)
                 if live:
                     for sink in self.sinks:
-                        sink.perilog(job, phase, seconds, event)
+                        try:
+                            sink.perilog(job, phase, seconds, event)
+                        except Exception as error:
+                            self._sink_failed(sink, error)
             return True
         if name == "submit":
             return self._reject("duplicate", "a second submit for a known job", event)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from fluxmon.app import build
-from fluxmon.events import MAIN, JobEvent
-from fluxmon.logs import flatten_context
+from fluxmon.config import LogLevel
+from fluxmon.events import EMPTY_CONTEXT, MAIN, JobEvent
+from fluxmon.logs import flatten_context, make_logger
 from fluxmon.sources.replay import read_events
 from fluxmon.testing import ev, lifecycle, parse_log
 from tests.conftest import DATA, json_settings
@@ -107,6 +108,37 @@ def test_rejections_are_warnings_with_the_input() -> None:
     assert record["reason"] == "unknown_job"
     assert record["jobid"] == "f2L"  # 77 = 1*58 + 19
     assert json.loads(record["input"])["context"] == {"junk": 1}
+
+
+def test_a_rejected_event_without_context_shows_an_empty_object() -> None:
+    """The shared read-only empty context is logged as {} in a refusal's input."""
+    records = parse_log(run([JobEvent(77, MAIN, "alloc", 5.0, EMPTY_CONTEXT)]))
+    (record,) = records
+    assert json.loads(record["input"])["context"] == {}
+
+
+def test_the_shared_empty_context_cannot_be_changed() -> None:
+    """EMPTY_CONTEXT is read-only: no consumer can leak keys into every context-less event."""
+    with pytest.raises(TypeError):
+        EMPTY_CONTEXT["leak"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("level", "kept"),
+    [
+        pytest.param("debug", ["debug", "info", "warning", "error"], id="debug"),
+        pytest.param("info", ["info", "warning", "error"], id="info"),
+        pytest.param("warning", ["warning", "error"], id="warning"),
+        pytest.param("error", ["error"], id="error"),
+    ],
+)
+def test_log_level_filters(level: LogLevel, kept: list[str]) -> None:
+    """log.level keeps records at that level and above."""
+    stream = io.StringIO()
+    log = make_logger(stream, "json", level)
+    for name in ("debug", "info", "warning", "error"):
+        getattr(log, name)("probe")
+    assert [r["level"] for r in parse_log(stream.getvalue())] == kept
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,6 +73,16 @@ def test_every_contract_family_is_exported(replay: Callable[..., Replayed]) -> N
     for name, kind in CONTRACT_FAMILIES.items():
         assert types.get(name) == kind, name
     assert "_created" not in text
+
+
+def test_created_series_are_dropped_from_fluxmon_registry_only() -> None:
+    """fluxmon's registry has no _created series; another registry in the process keeps its."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    parts.pipeline.events(lifecycle(1, 10.0))
+    assert "_created" not in generate_latest(parts.registry).decode()
+    other = CollectorRegistry()
+    Counter("other_things", "Things elsewhere in the process.", registry=other).inc()
+    assert "other_things_created" in generate_latest(other).decode()
 
 
 def test_no_jobid_or_user_in_labels(replay: Callable[..., Replayed]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from fluxmon.events import EXEC, JobEvent
 from fluxmon.testing import RecordingSink, ev, jobspec, lifecycle
-from fluxmon.tracker import Tracker, returncode_of
+from fluxmon.tracker import Job, NullSink, Tracker, returncode_of
 
 
 def run(*events: JobEvent, live: bool = True) -> tuple[Tracker, RecordingSink]:
@@ -243,6 +243,12 @@ def test_perilog_durations() -> None:
         pytest.param(JobEvent(1, "eventlog", "alloc", 101.0, []), "malformed", id="list-ctx"),  # type: ignore[arg-type]
         pytest.param(JobEvent("1", "eventlog", "alloc", 101.0, {}), "malformed", id="str-id"),  # type: ignore[arg-type]
         pytest.param(ev(1, "submit", 101.0), "duplicate", id="second-submit"),
+        pytest.param(JobEvent(1, "eventlog", "alloc", 10**400, {}), "malformed", id="huge-int-ts"),
+        pytest.param(
+            ev(1, "alloc", 101.0, R={"execution": {"R_lite": [{"rank": "0-\u00b2"}]}}),
+            "malformed",
+            id="R-rank-not-a-number",
+        ),
     ],
 )
 def test_refusals(bad: JobEvent, reason: str) -> None:
@@ -291,3 +297,66 @@ def test_nnodes_from_R_and_ntasks_from_jobspec() -> None:
         ev(1, "alloc", 1.4, R=R),
     )
     assert (tracker.jobs[1].ntasks, tracker.jobs[1].nnodes) == (4, 4)
+
+
+def test_a_jobspec_that_cannot_be_read_refuses_the_submit() -> None:
+    """A jobspec whose numbers cannot be read is refused as malformed and no job is created."""
+    spec = jobspec()
+    spec["attributes"]["system"]["duration"] = 10**400
+    tracker, sink = run(ev(1, "submit", 100.0, jobspec=spec, userid=5, urgency=16))
+    assert [r for r, _, _ in sink.rejected] == ["malformed"]
+    assert tracker.jobs == {}
+
+
+class Exploding(NullSink):
+    """A sink with a bug: every call it gets raises."""
+
+    kind = "exploding"
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        raise RuntimeError(f"bug on {event.name}")
+
+    def state_left(self, job: Job, state: str, seconds: float, event: JobEvent) -> None:
+        raise RuntimeError("bug on state_left")
+
+    def queued(self, job: Job, seconds: float, event: JobEvent) -> None:
+        raise RuntimeError("bug on queued")
+
+    def job_finished(self, job: Job) -> None:
+        raise RuntimeError("bug on job_finished")
+
+
+def test_a_raising_sink_does_not_stop_the_event() -> None:
+    """A sink's exception is reported under its kind; the event and the other sinks go on."""
+    reported: list[tuple[str, str]] = []
+    recorder = RecordingSink()
+    tracker = Tracker([Exploding(), recorder])
+    tracker.on_sink_error = lambda kind, error: reported.append((kind, str(error)))
+    events = lifecycle(1, 100.0)
+    assert all(tracker.apply(event) for event in events)
+    assert [name for _, name, _ in recorder.events] == [e.name for e in events]
+    assert [job.jobid for job in recorder.finished] == [1]
+    assert recorder.finished[0].result == "completed"
+    assert [state for _, state, _ in recorder.left] == [
+        "DEPEND", "PRIORITY", "SCHED", "RUN", "CLEANUP"
+    ]  # fmt: skip
+    assert tracker.jobs == {}
+    assert sum(tracker.rejected.values()) == 0
+    calls = len(events) + len(recorder.left) + 1 + 1  # job_event, state_left, queued, finished
+    assert tracker.sink_errors == {"exploding": calls}
+    assert len(reported) == calls
+    assert ("exploding", "bug on finish") in reported
+    assert ("exploding", "bug on job_finished") in reported
+
+
+def test_a_sink_without_a_kind_is_reported_by_class_name() -> None:
+    """A sink with no kind attribute is named by its class, never by anything in the input."""
+
+    class Broken(NullSink):
+        def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
+            raise ValueError(detail)
+
+    tracker = Tracker([Broken()])
+    assert not tracker.apply(ev(1, "alloc", 100.0))
+    assert tracker.sink_errors == {"Broken": 1}
+    assert tracker.rejected["unknown_job"] == 1

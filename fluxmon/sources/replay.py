@@ -73,7 +73,7 @@ def parse_line(line: bytes | str) -> JobEvent:
     eventlog = obj.get("eventlog", MAIN)
     if eventlog not in EVENTLOGS:
         raise LineError(f"eventlog {eventlog!r} is not one of {', '.join(EVENTLOGS)}")
-    context = obj.get("context", EMPTY_CONTEXT)
+    context = obj.get("context")
     if type(context) is not dict:
         if context is None:
             context = EMPTY_CONTEXT
