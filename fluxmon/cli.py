@@ -78,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
     replay.add_argument("-c", "--config", help="TOML config file (all keys optional)")
 
+    from fluxmon import logquery
+
+    logquery.add_arguments(sub.add_parser("logs", help=logquery.HELP))
+
     check = sub.add_parser("check-config", help="validate a config file (exit 0, or 78)")
     check.add_argument("config", metavar="CONFIG")
     return top
@@ -90,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "check-config":
         return check_config_main(args.config, sys.stdout, sys.stderr)
+    if args.command == "logs":
+        from fluxmon.logquery import main as logs_main
+
+        return logs_main(args, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
     try:
         settings = load_settings(args.config)
     except ConfigError as err:
