@@ -33,6 +33,7 @@ from fluxmon.metrics import (
     SnapshotCollector,
 )
 from fluxmon.pipeline import Pipeline
+from fluxmon.progress import BarStream, ReplayProgress, total_size
 from fluxmon.sdnotify import Notifier, watchdog_interval
 from fluxmon.sources import Source, SourceUnavailable
 from fluxmon.sources.replay import ReplaySource, format_event
@@ -85,12 +86,32 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     return Parts(registry, tracker, pipeline, self_metrics, log)
 
 
-def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: TextIO) -> int:
-    """Replay files through the pipeline; print the final exposition; 65 if input was refused."""
-    parts = build(settings, err, clock=None)
-    source = ReplaySource(paths)
+def replay(
+    paths: Sequence[str],
+    settings: Settings,
+    out: IO[str],
+    err: TextIO,
+    *,
+    progress_every: float | None = None,
+) -> int:
+    """Replay files through the pipeline; print the final exposition; 65 if input was refused.
+
+    Progress goes to ``err``: a bar on a terminal, else a ``replay.progress`` record every
+    ``progress_every`` seconds (default 5).
+    """
+    bar = BarStream(err) if err.isatty() else None
+    parts = build(settings, bar or err, clock=None)
+    progress = ReplayProgress(
+        total_size(paths),
+        lambda: (parts.pipeline.live_events, sum(parts.tracker.rejected.values())),
+        log=parts.log,
+        bar=bar,
+        interval=progress_every,
+    )
+    source = ReplaySource(paths, progress=progress)
     parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
     source.run(parts.pipeline, threading.Event())
+    progress.finish()
     out.write(generate_latest(parts.registry).decode())
     out.flush()
     refused = sum(parts.tracker.rejected.values())

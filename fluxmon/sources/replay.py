@@ -13,7 +13,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
@@ -105,8 +105,15 @@ def read_events(lines: Iterable[bytes | str]) -> Iterator[tuple[int, JobEvent | 
 class ReplaySource:
     """Feeds recorded files through the pipeline as fast as possible (a ``Source``)."""
 
-    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.paths = list(paths)
+        #: Called with the bytes read so far (all files) after each batch.
+        self.progress = progress
         #: Lines refused so far.
         self.rejected = 0
 
@@ -115,6 +122,8 @@ class ReplaySource:
         names = ", ".join(os.fspath(p) for p in self.paths)
         downstream.connected(f"replay: {names}")
         downstream.caught_up()
+        progress = self.progress
+        done = 0
         for path in self.paths:
             batch: list[JobEvent] = []
             try:
@@ -124,6 +133,8 @@ class ReplaySource:
                 downstream.reject_input("malformed", f"{os.fspath(path)}: {err.strerror}")
                 continue
             with handle:
+                # A pipe (/dev/stdin) has no position: its progress is its events alone.
+                tell = handle.tell if handle.seekable() else int
                 for lineno, item in read_events(handle):
                     if isinstance(item, LineError):
                         downstream.events(batch)
@@ -135,6 +146,11 @@ class ReplaySource:
                     if len(batch) >= BATCH:
                         downstream.events(batch)
                         batch = []
+                        if progress is not None:
+                            progress(done + tell())
                         if stop.is_set():
                             return
+                done += tell()
             downstream.events(batch)
+            if progress is not None:
+                progress(done)
