@@ -41,6 +41,7 @@ from fluxmon.metrics import (
     SnapshotCollector,
 )
 from fluxmon.pipeline import Pipeline
+from fluxmon.progress import BarStream, ReplayProgress, total_size
 from fluxmon.sdnotify import Notifier, watchdog_interval
 from fluxmon.sources import Source, SourceUnavailable
 from fluxmon.sources.replay import ReplaySource, UnreadableInput, format_event, open_input
@@ -90,24 +91,42 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     return Parts(registry, tracker, pipeline, self_metrics, log)
 
 
-def replay(paths: Sequence[str], settings: Settings, out: IO[str], err: TextIO) -> int:
+def replay(
+    paths: Sequence[str],
+    settings: Settings,
+    out: IO[str],
+    err: TextIO,
+    *,
+    progress_every: float | None = None,
+) -> int:
     """Replay files through the pipeline and print the final exposition.
 
     Returns 65 if some input was refused, and 66, printing nothing on ``out``, if a file
-    cannot be read (each such file named on one line of ``err``).
+    cannot be read (each such file named on one line of ``err``). Progress goes to
+    ``err``: a bar on a terminal, else a ``replay.progress`` record every
+    ``progress_every`` seconds (default 5).
     """
     unreadable = _unreadable(paths)
     if unreadable:
         print("\n".join(unreadable), file=err)
         return EX_NOINPUT
-    parts = build(settings, err, clock=None)
-    source = ReplaySource(paths)
+    bar = BarStream(err) if err.isatty() else None
+    parts = build(settings, bar or err, clock=None)
+    progress = ReplayProgress(
+        total_size(paths),
+        lambda: (parts.pipeline.live_events, sum(parts.tracker.rejected.values())),
+        log=parts.log,
+        bar=bar,
+        interval=progress_every,
+    )
+    source = ReplaySource(paths, progress=progress)
     parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
     try:
         source.run(parts.pipeline, threading.Event())
     except UnreadableInput as error:  # it went away since _unreadable looked
         print(error, file=err)
         return EX_NOINPUT
+    progress.finish()
     out.write(generate_latest(parts.registry).decode())
     out.flush()
     refused = sum(parts.tracker.rejected.values())

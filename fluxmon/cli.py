@@ -77,6 +77,11 @@ _COMMANDS: Final = {
         "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
         (ex.EX_OK, ex.EX_USAGE, ex.EX_DATAERR, ex.EX_NOINPUT, ex.EX_CONFIG),
     ),
+    "logs": _Command(
+        "print fluxmon's own log records of given jobs, record names and times",
+        "journalctl -u fluxmon | fluxmon logs --job ƒ2ZMTeo5R",
+        (ex.EX_OK, ex.EX_NOMATCH, ex.EX_USAGE, ex.EX_NOINPUT),
+    ),
     "check-config": _Command(
         "validate a config file, reporting every problem at once",
         "fluxmon check-config /etc/fluxmon/fluxmon.toml",
@@ -145,6 +150,10 @@ def parser() -> argparse.ArgumentParser:
     cmd["demo"].add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     cmd["replay"].add_argument("files", nargs="+", metavar="FILE", help="replay-format JSON lines")
     cmd["check-config"].add_argument("config", metavar="CONFIG")
+
+    from fluxmon import logquery
+
+    logquery.add_arguments(cmd["logs"])
     return top
 
 
@@ -155,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "check-config":
         return check_config_main(args.config, sys.stdout, sys.stderr)
+    if args.command == "logs":
+        from fluxmon.logquery import main as logs_main
+
+        return logs_main(args, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
     try:
         settings = load_settings(args.config)
     except ConfigError as err:

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Final
 
 EX_OK: Final = os.EX_OK
+EX_NOMATCH: Final = 1  # grep's "no line selected" (logs)
 EX_USAGE: Final = 2  # what argparse exits with, rather than sysexits' 64
 EX_DATAERR: Final = os.EX_DATAERR
 EX_NOINPUT: Final = os.EX_NOINPUT
@@ -25,9 +26,10 @@ EX_CONFIG: Final = os.EX_CONFIG
 EXIT_CODES: Final[Mapping[int, str]] = MappingProxyType(
     {
         EX_OK: "ok",
+        EX_NOMATCH: "no record matched (logs)",
         EX_USAGE: "usage",
         EX_DATAERR: "some input was refused (replay)",
-        EX_NOINPUT: "an input file cannot be read (replay)",
+        EX_NOINPUT: "an input file cannot be read (replay, logs)",
         EX_UNAVAILABLE: "Flux unavailable",
         EX_SOFTWARE: "internal error",
         EX_OSERR: "cannot listen",

@@ -167,7 +167,7 @@ def test_listen_address_in_use_exits_71() -> None:
     assert "Address already in use" in proc.stdout
 
 
-SUBCOMMANDS = ["run", "record", "demo", "replay", "check-config"]
+SUBCOMMANDS = ["run", "record", "demo", "replay", "logs", "check-config"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from fluxmon.app import EX_OK, build, serve
+from fluxmon.app import build, serve
+from fluxmon.exitcodes import EX_OK
 from fluxmon.sources import Downstream
 from tests.conftest import json_settings
 

@@ -68,6 +68,6 @@ def test_readme_exit_codes_are_the_table() -> None:
     """The README's exit-code line lists exactly the codes of fluxmon.exitcodes.EXIT_CODES."""
     match = re.search(r"^Exit codes: (.*?)\.\n\n", README, re.M | re.S)
     assert match, "README has no 'Exit codes:' line"
-    listed = [int(code) for code in re.findall(r"(?:^|, )(\d+) ", match.group(1))]
+    listed = [int(code) for code in re.findall(r"(?:^|,\s)(\d+)\s", match.group(1))]
     assert len(listed) == len(set(listed)), listed
     assert set(listed) == set(EXIT_CODES)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
 from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
@@ -118,8 +118,15 @@ def read_events(lines: Iterable[bytes | str]) -> Iterator[tuple[int, JobEvent | 
 class ReplaySource:
     """Feeds recorded files through the pipeline as fast as possible (a ``Source``)."""
 
-    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.paths = list(paths)
+        #: Called with the bytes read so far (all files) after each batch.
+        self.progress = progress
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Deliver every file's events in order; refuse malformed lines by number.
@@ -129,9 +136,13 @@ class ReplaySource:
         names = ", ".join(os.fspath(p) for p in self.paths)
         downstream.connected(f"replay: {names}")
         downstream.caught_up()
+        progress = self.progress
+        done = 0
         for path in self.paths:
             batch: list[JobEvent] = []
             with open_input(path) as handle:  # bytes: lines are decoded once, in parse_line
+                # A pipe (/dev/stdin) has no position: its progress is its events alone.
+                tell = handle.tell if handle.seekable() else int
                 for lineno, item in read_events(handle):
                     if isinstance(item, LineError):
                         downstream.events(batch)
@@ -142,6 +153,11 @@ class ReplaySource:
                     if len(batch) >= BATCH:
                         downstream.events(batch)
                         batch = []
+                        if progress is not None:
+                            progress(done + tell())
                         if stop.is_set():
                             return
+                done += tell()
             downstream.events(batch)
+            if progress is not None:
+                progress(done)
