@@ -79,7 +79,7 @@ _COMMANDS: Final = {
     ),
     "logs": _Command(
         "print fluxmon's own log records of given jobs, record names and times",
-        "journalctl -u fluxmon | fluxmon logs --job ƒ2ZMTeo5R",
+        "fluxmon logs --job ƒ2ZMTeo5R --msg job.finished fluxmon.log  # or stdin",
         (ex.EX_OK, ex.EX_NOMATCH, ex.EX_USAGE, ex.EX_NOINPUT),
     ),
     "check-config": _Command(
