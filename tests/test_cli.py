@@ -69,6 +69,7 @@ def demo(
             proc.wait()
 
 
+@pytest.mark.slow
 def test_demo_serves_every_family_with_rising_counters(
     demo: tuple[subprocess.Popen[str], int, Path],
 ) -> None:

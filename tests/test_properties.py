@@ -488,6 +488,7 @@ def _monotonic_samples(registry: CollectorRegistry) -> Iterator[tuple[SampleKey,
                 yield (sample.name, tuple(sorted(sample.labels.items()))), sample.value
 
 
+@pytest.mark.slow
 @settings(PROPERTY_SETTINGS, max_examples=40)
 @given(workloads(), st.lists(st.integers(1, 40), min_size=1, max_size=30))
 def test_counters_never_go_down(workload: Workload, sizes: list[int]) -> None:
@@ -612,6 +613,7 @@ def mutated_streams(draw: Draw) -> list[JobEvent]:
     return events
 
 
+@pytest.mark.slow
 @settings(PROPERTY_SETTINGS, max_examples=200)
 @given(mutated_streams())
 def test_mutated_streams_never_raise_and_are_accounted_for(events: list[JobEvent]) -> None:

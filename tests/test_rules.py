@@ -91,6 +91,7 @@ def test_promtool_check_rules() -> None:
     assert "SUCCESS" in proc.stdout
 
 
+@pytest.mark.slow
 @needs_promtool
 def test_promtool_unit_tests_pass() -> None:
     """`promtool test rules` passes every unit test of the rules."""
@@ -106,6 +107,7 @@ def test_example_prometheus_config_is_valid() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @needs_promtool
 @pytest.mark.parametrize(
     ("original", "mutant"),

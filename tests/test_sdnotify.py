@@ -168,6 +168,7 @@ def test_watchdog_interval(environ: dict[str, str], pid: int, expected: float | 
     assert watchdog_interval(environ, pid) == expected
 
 
+@pytest.mark.slow
 def test_daemon_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     """`fluxmon demo` under a fake systemd sends READY=1, repeated WATCHDOG=1, then STOPPING=1."""
     path = tmp_path / "notify.sock"
