@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,6 +26,7 @@ from fluxmon.config import Settings
 from fluxmon.events import MAIN, JobEvent
 from fluxmon.exitcodes import (
     EX_DATAERR,
+    EX_IOERR,
     EX_NOINPUT,
     EX_OK,
     EX_OSERR,
@@ -31,7 +34,7 @@ from fluxmon.exitcodes import (
     EX_UNAVAILABLE,
 )
 from fluxmon.http import MetricsServer, format_address
-from fluxmon.logs import LineWriter, LogSink, make_logger
+from fluxmon.logs import DROP_REASONS, LineWriter, LogSink, make_logger
 from fluxmon.metrics import (
     Buckets,
     JobMetrics,
@@ -53,6 +56,8 @@ STATUS_EVERY: Final = 5.0
 STOP_TIMEOUT: Final = 10.0
 #: Seconds between ``record.progress`` records of ``fluxmon record``.
 PROGRESS_EVERY: Final = 5.0
+#: Seconds the log writer gets, at exit, to write what is buffered.
+LOG_DRAIN_TIMEOUT: Final = 3.0
 
 
 @dataclass
@@ -64,12 +69,14 @@ class Parts:
     pipeline: Pipeline
     self_metrics: SelfMetrics
     log: FilteringBoundLogger
+    writer: LineWriter
 
 
 def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
-    """Assemble the pipeline from settings; ``clock`` measures event lag (None: off)."""
-    writer = LineWriter(log_stream)
-    log = make_logger(writer, settings.log.format, settings.log.level)
+    """Assemble the pipeline from settings; ``clock`` measures event lag (None: off).
+
+    The log writer writes synchronously until :meth:`LineWriter.start` (``serve`` starts it).
+    """
     registry = CollectorRegistry(auto_describe=False)
     m = settings.metrics
     job_metrics = JobMetrics(
@@ -82,13 +89,34 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         ),
     )
     self_metrics = SelfMetrics(registry)
+    dropped = {reason: self_metrics.log_dropped.labels(reason) for reason in DROP_REASONS}
+    writer = LineWriter(
+        log_stream,
+        capacity=settings.log.buffer_records,
+        on_full=settings.log.on_full,
+        on_drop=lambda reason: dropped[reason].inc(),
+    )
+    log = make_logger(writer, settings.log.format, settings.log.level)
+
+    def recovered(counts: Mapping[str, int]) -> None:
+        log.warning("log.records_dropped", count=sum(counts.values()), **counts)
+
+    writer.on_recovered = recovered
     cap = LabelCap(m.label_cap, self_metrics.label_overflow)
     metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
     log_sink = LogSink(log, events=settings.log.events == "all")
     tracker = Tracker([metrics_sink, log_sink])
-    pipeline = Pipeline(tracker, metrics_sink, self_metrics, log, clock=clock, writer=writer)
+    pipeline = Pipeline(
+        tracker,
+        metrics_sink,
+        self_metrics,
+        log,
+        clock=clock,
+        writer=writer,
+        stall_seconds=settings.health.stall_seconds,
+    )
     registry.register(SnapshotCollector(pipeline.snapshot))
-    return Parts(registry, tracker, pipeline, self_metrics, log)
+    return Parts(registry, tracker, pipeline, self_metrics, log, writer)
 
 
 def replay(
@@ -136,6 +164,8 @@ def replay(
         refused=refused,
         tracked_jobs=len(parts.tracker.jobs),
     )
+    if parts.writer.failure is not None:
+        return EX_IOERR
     return EX_DATAERR if refused else EX_OK
 
 
@@ -192,6 +222,9 @@ class RecordDownstream:
 
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Nothing to forget: the recording keeps what was seen."""
+
+    def heartbeat(self, quiet_for: float = 0.0) -> None:
+        """Nothing to watch: ``record`` has no health endpoint."""
 
     def progress(self) -> None:
         """Log ``record.progress``: events written and jobs finished so far."""
@@ -251,14 +284,21 @@ def serve(
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
     on_listen: Callable[[tuple[str, int]], None] | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``)."""
+    """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``).
+
+    Log records go through the writer thread. When ``log_stream`` cannot be written
+    (EPIPE, ENOSPC, closed), one line on ``err`` (default stderr) says why and the
+    daemon stops with 74.
+    """
     parts = build(settings, log_stream, clock=clock)
     parts.self_metrics.register_runtime_collectors()
-    log, pipeline = parts.log, parts.pipeline
+    log, pipeline, writer = parts.log, parts.pipeline, parts.writer
+    stop = stop or threading.Event()
+    writer.start(on_failure=lambda _why: stop.set())
     if callable(source):
         source = source(parts)
-    stop = stop or threading.Event()
     http = settings.http
     server = MetricsServer(
         parts.registry,
@@ -275,6 +315,7 @@ def serve(
         server.start()
     except OSError as error:
         log.error("fluxmon.listen_failed", listen=format_address(*http.listen), error=str(error))
+        writer.close(LOG_DRAIN_TIMEOUT)
         return EX_OSERR
     host, port = server.address
     config = {"config": str(settings.path)} if settings.path else {}
@@ -311,15 +352,23 @@ def serve(
     sent_ready = False
     last_status = 0.0
     last_events = 0
+    stalled_since: float | None = None
     try:
         while not stop.wait(tick):
-            alive, _ = pipeline.liveness()
+            alive, reason = pipeline.liveness()
             if alive and interval:
-                notifier.watchdog()
+                notifier.watchdog()  # only while the loop turns: else systemd restarts us
+            now = time.monotonic()
+            if not alive and stalled_since is None:
+                stalled_since = now
+                log.warning("health.stalled", reason=reason)
+                notifier.status(f"unhealthy: {reason}")
+            elif alive and stalled_since is not None:
+                log.info("health.recovered", stalled_for=round(now - stalled_since, 3))
+                stalled_since, last_status = None, 0.0
             if pipeline.is_ready and not sent_ready:
                 sent_ready = notifier.ready(_status(pipeline, 0.0)) or True
-            now = time.monotonic()
-            if now - last_status >= STATUS_EVERY:
+            if alive and now - last_status >= STATUS_EVERY:
                 events = pipeline.live_events
                 rate = (events - last_events) / (now - last_status) if last_status else 0.0
                 notifier.status(_status(pipeline, rate))
@@ -327,6 +376,7 @@ def serve(
     finally:
         notifier.stopping()
         stop.set()
+        writer.stop_blocking()  # a pipeline waiting for log room gives up: we are stopping
         thread.join(STOP_TIMEOUT)
         server.stop()
         _restore_signals(previous)
@@ -337,6 +387,11 @@ def serve(
             tracked_jobs=len(parts.tracker.jobs),
             **why,
         )
+        writer.close(LOG_DRAIN_TIMEOUT)  # a blocked stream is given up on, not waited for
+    if writer.failure is not None:
+        with contextlib.suppress(OSError, ValueError):  # stderr may be gone as well
+            print(f"fluxmon: {writer.failure}", file=err or sys.stderr, flush=True)
+        return EX_IOERR
     if crashed:
         return EX_UNAVAILABLE if isinstance(crashed[0], SourceUnavailable) else EX_SOFTWARE
     return EX_OK

@@ -28,6 +28,7 @@ FluxMode = Literal["auto", "journal", "watch"]
 LogFormat = Literal["logfmt", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogEvents = Literal["all", "none"]
+LogOnFull = Literal["drop", "block"]
 
 
 class ConfigError(Exception):
@@ -72,6 +73,15 @@ class LogSettings:
     format: LogFormat = "logfmt"
     level: LogLevel = "info"
     events: LogEvents = "all"
+    buffer_records: int = 10000
+    on_full: LogOnFull = "drop"
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """When the daemon calls itself stuck (``/healthz``, the systemd watchdog)."""
+
+    stall_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     path: Path | None = None
 
 
@@ -443,6 +454,10 @@ _SECTIONS: Mapping[str, _Section] = {
             "format": _Key("format", *_choice("a log format", LogFormat)),
             "level": _Key("level", *_choice("a log level", LogLevel)),
             "events": _Key("events", *_choice("a log events setting", LogEvents)),
+            "buffer_records": _Key(
+                "buffer_records", _int_range(100, 10_000_000), "an integer from 100 to 10000000"
+            ),
+            "on_full": _Key("on_full", *_choice("a full-buffer policy", LogOnFull)),
         },
     ),
     "metrics": _Section(
@@ -461,6 +476,10 @@ _SECTIONS: Mapping[str, _Section] = {
     "state": _Section(
         StateSettings,
         {"checkpoint_dir": _Key("checkpoint_dir", _directory, "path to a directory")},
+    ),
+    "health": _Section(
+        HealthSettings,
+        {"stall_seconds": _Key("stall_seconds", _positive_seconds, _SECONDS)},
     ),
 }
 

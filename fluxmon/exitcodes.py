@@ -20,6 +20,7 @@ EX_UNAVAILABLE: Final = os.EX_UNAVAILABLE
 EX_SOFTWARE: Final = os.EX_SOFTWARE
 EX_OSERR: Final = os.EX_OSERR
 EX_CANTCREAT: Final = os.EX_CANTCREAT
+EX_IOERR: Final = os.EX_IOERR
 EX_CONFIG: Final = os.EX_CONFIG
 
 #: Every exit status fluxmon uses and what it means; the README's "Exit codes" line matches.
@@ -34,6 +35,7 @@ EXIT_CODES: Final[Mapping[int, str]] = MappingProxyType(
         EX_SOFTWARE: "internal error",
         EX_OSERR: "cannot listen",
         EX_CANTCREAT: "cannot write the output file (record)",
+        EX_IOERR: "cannot write the log (stdout closed, a broken pipe, a full disk)",
         EX_CONFIG: "configuration error",
     }
 )

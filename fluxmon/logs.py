@@ -7,17 +7,19 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.config import LogFormat, LogLevel
+from fluxmon.config import LogFormat, LogLevel, LogOnFull
 from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58
 from fluxmon.tracker import Job, NullSink
 
@@ -65,51 +67,285 @@ def render_logfmt(_logger: object, _name: str, event_dict: MutableMapping[str, A
     return " ".join(head)
 
 
+#: ``reason`` values of ``fluxmon_log_records_dropped_total``.
+DROP_REASONS: Final = ("full", "reserve")
+#: The kinds of record the writer tells apart: ``job.event`` (dropped first),
+#: ``job.finished`` (the record of account) and every other record.
+JOB_EVENT: Final = 0
+JOB_FINISHED: Final = 1
+OTHER_RECORD: Final = 2
+_KIND_NAMES: Final = ("job_event", "job_finished", "other")
+
+_Entry = tuple[str, int]
+
+
+def _describe(stream: object, error: BaseException) -> str:
+    """``cannot write log records to <stdout>: Broken pipe (EPIPE)``."""
+    name = getattr(stream, "name", None)
+    where = name if isinstance(name, str) else type(stream).__name__
+    if isinstance(error, OSError) and error.errno is not None:
+        code = errno.errorcode.get(error.errno, str(error.errno))
+        return f"cannot write log records to {where}: {error.strerror or error} ({code})"
+    return f"cannot write log records to {where}: {error}"
+
+
 class LineWriter:
     """The structlog logger at the end of the chain: one rendered record per line.
 
-    While :meth:`hold` is in effect, lines are kept in memory and written by
-    :meth:`release`: the pipeline holds them while it owns the tracker lock, so a slow
-    stdout (journald under pressure) never stalls scrapes, and a batch of records costs
-    one write and one flush.
+    Until :meth:`start`, records are written by the thread that logs them (``replay``,
+    tests). Once started, a writer thread owns the stream: every thread only appends to
+    a bounded buffer of ``capacity`` records, so a stream that cannot keep up (a pipe
+    nobody reads, journald under pressure) never blocks applying events or serving
+    scrapes. When the buffer is full, ``on_full`` decides:
+
+    * ``"drop"``: the record is dropped and counted (``on_drop(reason)``); ``job.event``
+      records get only the first nine tenths of the buffer (reason ``reserve``), the
+      last tenth is kept for ``job.finished`` and every other record (reason ``full``
+      once that is full too). When the buffer has drained below half, ``on_recovered``
+      is called once with how many records of each kind were dropped.
+    * ``"block"``: the pipeline's batches (:meth:`hold` ... :meth:`release`) wait for
+      room; records from other threads (HTTP, the health loop) are still dropped rather
+      than waited on.
+
+    :meth:`hold` keeps the calling thread's records in memory until :meth:`release`
+    (the pipeline holds them while it owns the tracker lock); it is per thread, so a
+    record logged by another thread meanwhile goes straight to the buffer.
+    A write that fails (EPIPE, ENOSPC, a closed stream) ends the writer: :attr:`failure`
+    says why, ``on_failure`` is called once, and later records are discarded.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        capacity: int = 10000,
+        on_full: LogOnFull = "drop",
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, not {capacity}")
         self._stream = stream
-        self._held: list[str] | None = None
-        self._lock = threading.Lock()
+        self.capacity = capacity
+        #: Most records in the buffer when a job.event is accepted.
+        self._event_room = capacity - max(1, capacity // 10) if capacity > 1 else 1
+        self.on_full: LogOnFull = on_full
+        self._on_drop = on_drop
+        #: Called (from the writer thread) with the dropped counts by kind, on recovery.
+        self.on_recovered: Callable[[Mapping[str, int]], None] | None = None
+        self._local = threading.local()
+        self._io_lock = threading.Lock()  # synchronous writes, before start()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Entry] = []
+        self._unreported = [0, 0, 0]
+        self._thread: threading.Thread | None = None
+        self._on_failure: Callable[[str], None] | None = None
+        self._fd: int | None = None
+        self._closing = False
+        self._no_wait = False
+        #: Why the stream cannot be written (None while it can).
+        self.failure: str | None = None
 
-    def msg(self, message: str) -> None:
-        """Write one record (or keep it, while held)."""
-        held = self._held
+    # -- the logger interface -----------------------------------------------------------
+
+    def msg(self, message: str, kind: int = JOB_EVENT) -> None:
+        """Write one record (``kind``: :data:`JOB_EVENT`, ``JOB_FINISHED`` or ``OTHER_RECORD``)."""
+        held: list[_Entry] | None = getattr(self._local, "held", None)
         if held is not None:
-            held.append(message)
+            held.append((message, kind))
             return
-        with self._lock:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+        self._put([(message, kind)], wait=False)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
     def hold(self) -> None:
-        """Keep records in memory until :meth:`release`."""
-        if self._held is None:
-            self._held = []
+        """Keep this thread's records in memory until :meth:`release`."""
+        if getattr(self._local, "held", None) is None:
+            self._local.held = []
 
     def release(self) -> None:
-        """Write the kept records, in order, with one flush."""
-        held, self._held = self._held, None
+        """Hand this thread's kept records over, in order (waiting for room if ``block``)."""
+        held: list[_Entry] | None = getattr(self._local, "held", None)
+        self._local.held = None
         if held:
-            with self._lock:
-                self._stream.write("\n".join(held) + "\n")
+            self._put(held, wait=self.on_full == "block")
+
+    # -- the buffer -----------------------------------------------------------------------
+
+    def _put(self, entries: list[_Entry], *, wait: bool) -> None:
+        if self._thread is None:
+            self._write_now(entries)
+            return
+        cond, queue = self._cond, self._queue
+        with cond:
+            if self.failure is not None:
+                return
+            if len(queue) + len(entries) <= self._event_room:  # the common case: room
+                queue.extend(entries)
+            elif wait:
+                self._wait_for_room(entries)
+            else:
+                self._admit(entries)
+            cond.notify()
+
+    def _admit(self, entries: list[_Entry]) -> None:
+        """Append what the drop policy lets in; count the rest (the lock is held)."""
+        queue, capacity, event_room = self._queue, self.capacity, self._event_room
+        for entry in entries:
+            size = len(queue)
+            if size < event_room or (size < capacity and entry[1] != JOB_EVENT):
+                queue.append(entry)
+                continue
+            reason = "reserve" if size < capacity else "full"
+            self._unreported[entry[1]] += 1
+            if self._on_drop is not None:
+                self._on_drop(reason)
+
+    def _wait_for_room(self, entries: list[_Entry]) -> None:
+        """Append every entry, waiting for the writer to make room (the lock is held)."""
+        queue, cond = self._queue, self._cond
+        start = 0
+        while start < len(entries):
+            room = self.capacity - len(queue)
+            if room > 0:
+                queue.extend(entries[start : start + room])
+                start += room
+                cond.notify()
+                continue
+            if self.failure is not None or self._no_wait:
+                self._admit(entries[start:])
+                return
+            cond.wait(0.5)
+
+    def _write_now(self, entries: list[_Entry]) -> None:
+        """Write records from the calling thread (before :meth:`start`)."""
+        with self._io_lock:
+            if self.failure is not None:
+                return
+            try:
+                self._stream.write("\n".join([line for line, _ in entries]) + "\n")
                 self._stream.flush()
+            except (OSError, ValueError) as error:  # later records are discarded
+                self.failure = _describe(self._stream, error)
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Start the writer thread; ``on_failure(why)`` is called once if the stream fails."""
+        if self._thread is not None:
+            return
+        self._on_failure = on_failure
+        try:
+            self._stream.flush()
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None  # not a file (StringIO, a wrapper): written through its write()
+        self._fd = fd
+        self._thread = threading.Thread(target=self._run, name="fluxmon-log-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, text: str) -> None:
+        fd = self._fd
+        if fd is None:
+            self._stream.write(text)
+            self._stream.flush()
+            return
+        # Straight to the file descriptor: a write blocked in the kernel holds no Python
+        # lock, so shutdown never waits on the stream's buffer.
+        view = memoryview(text.encode("utf-8", "backslashreplace"))
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._closing:
+                    cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+                cond.notify_all()  # room for a waiting pipeline
+            try:
+                self._write("\n".join([line for line, _ in batch]) + "\n")
+            except (OSError, ValueError) as error:
+                self._fail(error)
+                return
+            self._report_recovery()
+
+    def _fail(self, error: BaseException) -> None:
+        why = _describe(self._stream, error)
+        with self._cond:
+            self.failure = why
+            self._queue = []
+            self._cond.notify_all()
+        if self._on_failure is not None:
+            self._on_failure(why)
+
+    def _report_recovery(self, *, force: bool = False) -> None:
+        """Once the buffer is below half full again, say how many records were dropped."""
+        with self._cond:
+            if not any(self._unreported):
+                return
+            if not force and len(self._queue) * 2 > self.capacity:
+                return
+            counts = dict(zip(_KIND_NAMES, self._unreported, strict=True))
+            self._unreported = [0, 0, 0]
+        if self.on_recovered is not None:
+            self.on_recovered(counts)
+
+    def stop_blocking(self) -> None:
+        """From now on nothing waits for room (the daemon is stopping): full means dropped."""
+        with self._cond:
+            self._no_wait = True
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is buffered (for at most ``timeout`` seconds) and stop the thread.
+
+        Returns whether everything was written; records still buffered after the
+        timeout (the stream is blocked) are given up. Before :meth:`start`, a no-op.
+        """
+        thread = self._thread
+        if thread is None:
+            return self.failure is None
+        self._report_recovery(force=True)
+        with self._cond:
+            self._closing = self._no_wait = True
+            self._cond.notify_all()
+        thread.join(timeout)
+        return not thread.is_alive() and self.failure is None
+
+    @property
+    def pending(self) -> int:
+        """Records in the buffer, not yet handed to the stream."""
+        with self._cond:
+            return len(self._queue)
+
+
+def _classified(renderer: Callable[..., str | bytes]) -> structlog.typing.Processor:
+    """The renderer, also telling :class:`LineWriter` which kind of record each line is.
+
+    A ``job.event`` line goes on as a plain string (the hot path); any other comes as
+    ``((line,), {"kind": ...})``, so the writer drops ``job.event`` records first.
+    """
+
+    def render(
+        logger: object, name: str, event_dict: MutableMapping[str, Any]
+    ) -> str | bytes | tuple[Any, ...]:
+        msg = event_dict.get("msg")
+        line = renderer(logger, name, event_dict)
+        if msg == "job.event":
+            return line
+        return (line,), {"kind": JOB_FINISHED if msg == "job.finished" else OTHER_RECORD}
+
+    return render
 
 
 def make_logger(
     stream: TextIO | LineWriter, fmt: LogFormat = "logfmt", level: LogLevel = "info"
 ) -> FilteringBoundLogger:
     """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
-    renderer: structlog.typing.Processor
+    renderer: Callable[..., str | bytes]
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
@@ -122,7 +358,7 @@ def make_logger(
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.EventRenamer("msg"),
             structlog.processors.format_exc_info,
-            renderer,
+            _classified(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]

@@ -283,6 +283,21 @@ class SelfMetrics:
                 registry=None,
             )
         )
+        self.log_dropped = own.add(
+            Counter(
+                "fluxmon_log_records_dropped",
+                "Log records dropped because the log buffer was full, by reason.",
+                ["reason"],
+                registry=None,
+            )
+        )
+        self.healthy = own.add(
+            Gauge(
+                "fluxmon_healthy",
+                "1 while the event loop turns (what /healthz says), 0 while it is stalled.",
+                registry=None,
+            )
+        )
         registry.register(own)
         self._registry = registry
 

@@ -5,13 +5,18 @@ HTTP threads read snapshots through it. One lock serialises the tracker: a batch
 events is applied under one acquisition, and a scrape's snapshot is taken under it.
 The pipeline also reports the tracker's sink failures (``fluxmon_internal_errors_total``
 and one ``fluxmon.internal_error`` record per sink).
+
+Liveness is progress: the source's loop stamps a heartbeat (each batch applied, each
+turn of its loop); a heartbeat older than the stall bound makes the daemon unhealthy.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from structlog.typing import FilteringBoundLogger
 
@@ -20,8 +25,10 @@ from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
 from fluxmon.tracker import Tracker, sink_kind
 
-#: How long a scrape or health check waits for the lock before calling the loop stuck.
+#: How long a scrape waits for the lock before failing.
 LOCK_TIMEOUT = 5.0
+#: Seconds without a heartbeat after which the event loop counts as stalled (default).
+STALL_SECONDS = 10.0
 
 
 class Pipeline:
@@ -36,8 +43,13 @@ class Pipeline:
         *,
         clock: Callable[[], float] | None = None,
         writer: LineWriter | None = None,
+        stall_seconds: float = STALL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` (wall time) measures event lag (None: off); ``writer`` is held per batch.
+
+        The event loop counts as stalled once ``stall_seconds`` (by ``monotonic``) pass
+        without a heartbeat; ``fluxmon_healthy`` says so at each scrape.
 
         Takes over ``tracker.on_sink_error``: a failing sink is counted under its kind
         (each kind's series exists from the start) and logged once per kind.
@@ -58,32 +70,56 @@ class Pipeline:
         self._disconnect_reason = "not connected yet"
         self.source_thread: threading.Thread | None = None
         self._sink_errors_logged: set[str] = set()
+        self.stall_seconds = stall_seconds
+        self._monotonic = monotonic
+        self._deadline = monotonic() + stall_seconds  # the next heartbeat is due by then
         for sink in tracker.sinks:
             self_metrics.internal_errors.labels(sink_kind(sink))
         tracker.on_sink_error = self._sink_failed
+        self_metrics.healthy.set_function(lambda: float(self.liveness()[0]))
+
+    @contextmanager
+    def _records(self) -> Iterator[None]:
+        """Hold this thread's log records until the block ends (and the tracker lock is free).
+
+        With ``log.on_full = "block"`` a full log buffer makes the hand-over wait here,
+        outside the lock, so scrapes go on while the pipeline waits.
+        """
+        writer = self._writer
+        if writer is None:
+            yield
+            return
+        writer.hold()
+        try:
+            yield
+        finally:
+            writer.release()
 
     # -- Downstream ---------------------------------------------------------------------
+
+    def heartbeat(self, quiet_for: float = 0.0) -> None:
+        """The source's loop is turning; it may sleep on purpose for ``quiet_for`` seconds.
+
+        The loop counts as stalled once ``stall_seconds`` more pass without a heartbeat.
+        """
+        self._deadline = self._monotonic() + quiet_for + self.stall_seconds
 
     def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
         """Apply a batch of events in order under one lock acquisition."""
         if not batch:
+            self.heartbeat()
             return
         apply = self.tracker.apply
-        writer = self._writer
-        if writer is not None:
-            writer.hold()  # records are written after the lock: scrapes never wait on them
-        try:
-            with self._lock:
-                newest = self._last_ts
-                for event in batch:
-                    apply(event, live)
-                    ts = event.timestamp
-                    if type(ts) is float and ts > newest:
-                        newest = ts
-                self._last_ts = newest
-        finally:
-            if writer is not None:
-                writer.release()
+        # Records are handed over after the lock is released: scrapes never wait on them.
+        with self._records(), self._lock:
+            newest = self._last_ts
+            for event in batch:
+                apply(event, live)
+                ts = event.timestamp
+                if type(ts) is float and ts > newest:
+                    newest = ts
+            self._last_ts = newest
+        self.heartbeat()
         count = len(batch)
         if live:
             self._live_events += count
@@ -108,7 +144,8 @@ class Pipeline:
         self._ever_connected = True
         self._connected = True
         self._self.connected.set(1)
-        self._log.info("source.connected", detail=detail, flux_version=flux_version)
+        with self._records():
+            self._log.info("source.connected", detail=detail, flux_version=flux_version)
 
     def disconnected(self, error: str) -> None:
         """Mark the stream down (and not ready) and log why."""
@@ -117,7 +154,8 @@ class Pipeline:
         self._disconnect_reason = error
         self._self.connected.set(0)
         self._self.ready.set(0)
-        self._log.warning("source.disconnected", error=error)
+        with self._records():
+            self._log.warning("source.disconnected", error=error)
 
     def caught_up(self) -> None:
         """History is in: from now on events are live; log the counts."""
@@ -126,26 +164,28 @@ class Pipeline:
         with self._lock:
             tracked = len(self.tracker.jobs)
             rejected = sum(self.tracker.rejected.values())
-        self._log.info(
-            "history.caught_up",
-            history_events=self._history_events,
-            tracked_jobs=tracked,
-            rejected=rejected,
-        )
+        with self._records():
+            self._log.info(
+                "history.caught_up",
+                history_events=self._history_events,
+                tracked_jobs=tracked,
+                rejected=rejected,
+            )
 
     def reject_input(self, reason: str, detail: str) -> None:
         """Count and log input that never became an event."""
-        with self._lock:
+        with self._records(), self._lock:
             self.tracker.report_rejection(reason, detail)
 
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Drop jobs that vanished while the source was away, logging each."""
         with self._lock:
             gone = [job for job in map(self.tracker.forget, jobids) if job is not None]
-        for job in gone:
-            self._log.warning(
-                "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
-            )
+        with self._records():
+            for job in gone:
+                self._log.warning(
+                    "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
+                )
 
     def _sink_failed(self, where: str, error: Exception) -> None:
         """Count a sink's exception; log its traceback the first time that sink fails."""
@@ -183,13 +223,20 @@ class Pipeline:
             self._lock.release()
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive while the source thread runs and the tracker lock is not stuck."""
+        """Alive while the source thread runs and its loop's heartbeat is recent.
+
+        Never waits: a loop stuck anywhere (holding the tracker, in a log write, in a
+        callback) stops beating, and after ``stall_seconds`` this says for how long.
+        """
         thread = self.source_thread
         if thread is not None and not thread.is_alive():
             return False, "the event source thread has stopped"
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
-            return False, f"the event loop has held the tracker for over {LOCK_TIMEOUT:g}s"
-        self._lock.release()
+        late = self._monotonic() - self._deadline
+        if late > 0:
+            stalled = late + self.stall_seconds
+            return False, (
+                f"event loop stalled for {stalled:.1f} s (bound {self.stall_seconds:g} s)"
+            )
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:

@@ -17,6 +17,7 @@ from fluxmon.config import (
     BCRYPT_MISSING,
     ConfigError,
     FluxSettings,
+    HealthSettings,
     HttpSettings,
     LogSettings,
     MetricsSettings,
@@ -36,6 +37,7 @@ SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "metrics": MetricsSettings,
     "state": StateSettings,
+    "health": HealthSettings,
 }
 # Keys unset by default: the example shows a sample value for them, not the default.
 NO_DEFAULT = {"uri", "tls_cert", "tls_key", "tls_client_ca", "prometheus", "checkpoint_dir"}
@@ -185,6 +187,11 @@ ROUND_TRIP = [
     pytest.param('[log]\nformat = "json"', "log", "format", "json", id="log.format"),
     pytest.param('[log]\nlevel = "debug"', "log", "level", "debug", id="log.level"),
     pytest.param('[log]\nevents = "none"', "log", "events", "none", id="log.events"),
+    pytest.param("[log]\nbuffer_records = 100", "log", "buffer_records", 100,
+                 id="log.buffer_records"),
+    pytest.param('[log]\non_full = "block"', "log", "on_full", "block", id="log.on_full"),
+    pytest.param("[health]\nstall_seconds = 2.5", "health", "stall_seconds", 2.5,
+                 id="health.stall_seconds"),
     pytest.param("[metrics]\nlabel_cap = 10000", "metrics", "label_cap", 10000,
                  id="metrics.label_cap"),
     pytest.param("[metrics]\nexemplars = false", "metrics", "exemplars", False,
@@ -245,7 +252,8 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
 ERRORS = [
     pytest.param('[http]\nlisen = ":1"', 'http.lisen: unknown key (did you mean \'listen\'?)',
                  id="unknown-key-suggestion"),
-    pytest.param("[log]\ncolour = true", "log.colour: unknown key (valid: format, level, events)",
+    pytest.param("[log]\ncolour = true",
+                 "log.colour: unknown key (valid: format, level, events, buffer_records, on_full)",
                  id="unknown-key-valid-list"),
     pytest.param('[flux]\nlisten = ":1"', "flux.listen: unknown key (did you mean 'http.listen'?)",
                  id="key-in-wrong-section"),
@@ -303,6 +311,15 @@ ERRORS = [
     pytest.param('[log]\nlevel = "INFO"',
                  'log.level: "INFO" is not a log level (valid: debug, info, warning, error)',
                  id="enum-is-case-sensitive"),
+    pytest.param("[log]\nbuffer_records = 10",
+                 "log.buffer_records: 10 is out of range (valid: an integer from 100 to 10000000)",
+                 id="buffer-too-small"),
+    pytest.param('[log]\non_full = "wait"',
+                 'log.on_full: "wait" is not a full-buffer policy (valid: drop, block)',
+                 id="bad-on-full"),
+    pytest.param("[health]\nstall_seconds = 0",
+                 "health.stall_seconds: 0 is not greater than 0 (valid: a number of seconds > 0)",
+                 id="stall-zero"),
     pytest.param('[flux]\nuri = "/run/flux/local"',
                  'flux.uri: "/run/flux/local" is not a Flux URI'
                  " (valid: a connector URI such as local:///run/flux/local)", id="bad-uri"),
@@ -496,7 +513,7 @@ def test_check_config_main_invalid(tmp_path: Path) -> None:
     assert out.getvalue() == ""
     assert err.getvalue().splitlines() == [
         f"{path}: flux.max_watches: 0 is out of range (valid: an integer >= 1)",
-        f"{path}: bogus: unknown section (valid: flux, http, log, metrics, state)",
+        f"{path}: bogus: unknown section (valid: flux, http, log, metrics, state, health)",
     ]
 
 

@@ -290,6 +290,7 @@ class RecordingDownstream:
     batches: int = 1_000_000
     calls: list[tuple[str, object]] = field(default_factory=list)
     delivered: list[JobEvent] = field(default_factory=list)
+    beats: list[float] = field(default_factory=list)
 
     def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
         assert live
@@ -314,6 +315,9 @@ class RecordingDownstream:
 
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         self.calls.append(("forget", reason))
+
+    def heartbeat(self, quiet_for: float = 0.0) -> None:
+        self.beats.append(self.clock.now if self.clock is not None else 0.0)
 
 
 def test_source_paces_the_simulation() -> None:

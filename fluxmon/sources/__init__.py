@@ -39,6 +39,13 @@ class Downstream(Protocol):
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Drop jobs that vanished while the source was away (purged, instance restarted)."""
 
+    def heartbeat(self, quiet_for: float = 0.0) -> None:
+        """The source's loop is turning (call it at least every few seconds, from the loop).
+
+        ``quiet_for``: the loop now sleeps on purpose for up to that many seconds (a
+        reconnect backoff), which is not a stall.
+        """
+
 
 class WatchStats(Protocol):
     """What a source with per-job watches reports about them."""

@@ -979,6 +979,7 @@ class DemoSource:
         events = simulate(seed=self.seed, rate=self.rate, start=self._clock())
         upcoming = next(events)
         while not stop.is_set():
+            downstream.heartbeat()
             now = self._clock()
             batch: list[JobEvent] = []
             while upcoming.timestamp <= now and len(batch) < _MAX_BATCH:

@@ -152,6 +152,7 @@ class ReplaySource:
                     batch.append(item)
                     if len(batch) >= BATCH:
                         downstream.events(batch)
+                        downstream.heartbeat()
                         batch = []
                         if progress is not None:
                             progress(done + tell())

@@ -99,7 +99,7 @@ class FluxSource:
                 self.log.warning(
                     "source.reconnect_failed", uri=self.uri, error=str(err), retry_in=backoff
                 )
-                stop.wait(self._jitter(backoff))
+                self._pause(downstream, stop, self._jitter(backoff))
                 backoff = min(backoff * 2, self.settings.reconnect_max)
                 continue
             connection = self._connection(handle, downstream)
@@ -115,7 +115,7 @@ class FluxSource:
             downstream.disconnected(reason)
             if caught_up:
                 backoff = self.settings.reconnect_min
-            stop.wait(self._jitter(backoff))
+            self._pause(downstream, stop, self._jitter(backoff))
             backoff = min(backoff * 2, self.settings.reconnect_max)
 
     def _connection(self, handle: Any, downstream: Downstream) -> Connection:
@@ -140,6 +140,12 @@ class FluxSource:
             flux_version=version,
             connected_at=connected_at,
         )
+
+    @staticmethod
+    def _pause(downstream: Downstream, stop: threading.Event, seconds: float) -> None:
+        """Wait ``seconds`` (or until stopped): a deliberate pause, not a stalled loop."""
+        downstream.heartbeat(quiet_for=seconds)
+        stop.wait(seconds)
 
     def _jitter(self, seconds: float) -> float:
         """Full jitter in [seconds/2, seconds], so many monitors do not reconnect in step."""
@@ -190,6 +196,7 @@ class _Session:
 
     def _tick(self) -> None:
         connection = self._connection
+        connection.downstream.heartbeat()
         if self._stop.is_set():
             connection.bindings.stop(connection.handle)
             return
