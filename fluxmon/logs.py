@@ -98,11 +98,11 @@ class LineWriter:
     nobody reads, journald under pressure) never blocks applying events or serving
     scrapes. When the buffer is full, ``on_full`` decides:
 
-    * ``"drop"``: the record is dropped and counted (``on_drop(reason)``); ``job.event``
-      records get only the first nine tenths of the buffer (reason ``reserve``), the
-      last tenth is kept for ``job.finished`` and every other record (reason ``full``
-      once that is full too). When the buffer has drained below half, ``on_recovered``
-      is called once with how many records of each kind were dropped.
+    * ``"drop"``: the record is dropped and counted (``on_drop(reason)``). ``job.event``
+      records get only the first nine tenths of the buffer (dropped: reason ``reserve``);
+      the last tenth is kept for ``job.finished`` and every other record (dropped once
+      the buffer is full: reason ``full``). When the buffer has drained below half,
+      ``on_recovered`` is called once with how many records of each kind were dropped.
     * ``"block"``: the pipeline's batches (:meth:`hold` ... :meth:`release`) wait for
       room; records from other threads (HTTP, the health loop) are still dropped rather
       than waited on.
@@ -195,16 +195,17 @@ class LineWriter:
             if size < event_room or (size < capacity and entry[1] != JOB_EVENT):
                 queue.append(entry)
                 continue
-            reason = "reserve" if size < capacity else "full"
+            reason = "reserve" if entry[1] == JOB_EVENT else "full"
             self._unreported[entry[1]] += 1
             if self._on_drop is not None:
                 self._on_drop(reason)
 
     def _wait_for_room(self, entries: list[_Entry]) -> None:
         """Append every entry, waiting for the writer to make room (the lock is held)."""
-        queue, cond = self._queue, self._cond
+        cond = self._cond
         start = 0
         while start < len(entries):
+            queue = self._queue  # the writer swaps in a new list each time it takes a batch
             room = self.capacity - len(queue)
             if room > 0:
                 queue.extend(entries[start : start + room])
