@@ -60,7 +60,15 @@ _COMMANDS: Final = {
     "run": _Command(
         "run the daemon against a Flux instance",
         "fluxmon run -c /etc/fluxmon/fluxmon.toml",
-        (ex.EX_OK, ex.EX_USAGE, ex.EX_UNAVAILABLE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+        (
+            ex.EX_OK,
+            ex.EX_USAGE,
+            ex.EX_UNAVAILABLE,
+            ex.EX_SOFTWARE,
+            ex.EX_OSERR,
+            ex.EX_IOERR,
+            ex.EX_CONFIG,
+        ),
     ),
     "record": _Command(
         "write a live instance's events in the replay format",
@@ -70,12 +78,12 @@ _COMMANDS: Final = {
     "demo": _Command(
         "serve metrics of a built-in simulated Flux workload",
         "fluxmon demo --rate 10  # then open http://127.0.0.1:10900/metrics",
-        (ex.EX_OK, ex.EX_USAGE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_CONFIG),
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_SOFTWARE, ex.EX_OSERR, ex.EX_IOERR, ex.EX_CONFIG),
     ),
     "replay": _Command(
         "feed recorded events through the pipeline and print the final /metrics",
         "fluxmon replay incident.jsonl > metrics.txt 2> records.log",
-        (ex.EX_OK, ex.EX_USAGE, ex.EX_DATAERR, ex.EX_NOINPUT, ex.EX_CONFIG),
+        (ex.EX_OK, ex.EX_USAGE, ex.EX_DATAERR, ex.EX_NOINPUT, ex.EX_IOERR, ex.EX_CONFIG),
     ),
     "logs": _Command(
         "print fluxmon's own log records of given jobs, record names and times",

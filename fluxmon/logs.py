@@ -8,6 +8,7 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
@@ -116,7 +117,7 @@ class LineWriter:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextIO | None,
         *,
         capacity: int = 10000,
         on_full: LogOnFull = "drop",
@@ -124,7 +125,8 @@ class LineWriter:
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, not {capacity}")
-        self._stream = stream
+        # None: never written to, the failure below says why.
+        self._stream: TextIO = stream if stream is not None else io.StringIO()
         self.capacity = capacity
         #: Most records in the buffer when a job.event is accepted.
         self._event_room = capacity - max(1, capacity // 10) if capacity > 1 else 1
@@ -144,6 +146,8 @@ class LineWriter:
         self._no_wait = False
         #: Why the stream cannot be written (None while it can).
         self.failure: str | None = None
+        if stream is None:  # Python's sys.stdout when fd 1 was closed at start
+            self.failure = "cannot write log records to stdout: it was closed when fluxmon started"
 
     # -- the logger interface -----------------------------------------------------------
 
@@ -172,7 +176,7 @@ class LineWriter:
     # -- the buffer -----------------------------------------------------------------------
 
     def _put(self, entries: list[_Entry], *, wait: bool) -> None:
-        if self._thread is None:
+        if self._thread is None or self.failure is not None:
             self._write_now(entries)
             return
         cond, queue = self._cond, self._queue
@@ -235,6 +239,10 @@ class LineWriter:
         if self._thread is not None:
             return
         self._on_failure = on_failure
+        if self.failure is not None:
+            if on_failure is not None:
+                on_failure(self.failure)
+            return
         try:
             self._stream.flush()
             fd = self._stream.fileno()

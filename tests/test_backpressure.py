@@ -207,31 +207,45 @@ def test_the_renderer_marks_every_record_but_job_event() -> None:
 @pytest.mark.parametrize(
     ("stdout", "error"),
     [
-        pytest.param("closed-pipe", "Broken pipe (EPIPE)", id="epipe"),
-        pytest.param("/dev/full", "No space left on device (ENOSPC)", id="enospc"),
+        pytest.param("closed-pipe", "<stdout>: Broken pipe (EPIPE)", id="epipe"),
+        pytest.param("/dev/full", "<stdout>: No space left on device (ENOSPC)", id="enospc"),
+        pytest.param("closed", "stdout: it was closed when fluxmon started", id="closed-fd"),
     ],
 )
 def test_unwritable_stdout_exits_74_with_one_line(stdout: str, error: str) -> None:
     """A stdout that cannot be written ends the daemon: exit 74, one line on stderr, no trace."""
-    if stdout == "closed-pipe":
+    command = [*FLUXMON, "demo", "--listen", "127.0.0.1:0", "--rate", "50"]
+    if stdout == "closed":  # fd 1 closed before Python starts: sys.stdout is None
+        command = ["sh", "-c", 'exec "$0" "$@" >&-', *command]
+        write = os.open(os.devnull, os.O_WRONLY)
+    elif stdout == "closed-pipe":
         read, write = os.pipe()
         os.close(read)
     else:
         write = os.open(stdout, os.O_WRONLY)
     try:
         proc = subprocess.run(
-            [*FLUXMON, "demo", "--listen", "127.0.0.1:0", "--rate", "50"],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            check=False,
+            command, stdout=write, stderr=subprocess.PIPE, timeout=60, check=False
         )
     finally:
         os.close(write)
     assert proc.returncode == EX_IOERR
-    assert proc.stderr.decode().splitlines() == [
-        f"fluxmon: cannot write log records to <stdout>: {error}"
-    ]
+    assert proc.stderr.decode().splitlines() == [f"fluxmon: cannot write log records to {error}"]
+
+
+def test_replay_with_an_unwritable_log_still_prints_the_metrics_and_exits_74() -> None:
+    """replay's log (stderr) on a full disk: the exposition is still complete, exit 74."""
+    data = Path(__file__).parent / "data" / "journal.replay.jsonl"
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [*FLUXMON, "replay", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=full,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == EX_IOERR
+    assert proc.stdout.decode().rstrip().endswith("fluxmon_tracked_jobs 0.0")
 
 
 @dataclass
