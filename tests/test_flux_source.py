@@ -292,6 +292,17 @@ def test_journal_history_is_silent_and_ready_comes_at_the_sentinel() -> None:
                       name="annotations") is None  # fmt: skip
 
 
+def test_journal_stream_is_kept_past_its_first_response() -> None:
+    """The journal future outlives the keep-alive count, so live jobs after the sentinel arrive."""
+    broker = scenario_broker()
+    run = run_source(broker)
+    assert broker.journals_opened == [SCENARIO_START]
+    # A journal future collected after its first response (the sentinel) ends the
+    # stream silently: no live job would be reported.
+    assert set(run.finished()) == set(broker.jobs)
+    assert run.events_counted() == truth(broker, broker.jobs)
+
+
 def test_journal_finished_records_match_the_journal_and_its_replay() -> None:
     """Every live job finishes once, as the journal implies and as the replay file says."""
     broker, history_ids = broker_from_raw_journal()
