@@ -21,7 +21,10 @@ What each behaviour was checked against. Python files are flux-core 0.88's bindi
   ``reset``, -1 after each callback run); at 0 it is forgotten, so a future the caller
   keeps no reference to is collected and its callback never runs again (the reactor
   here holds futures only weakly): ``future.py`` ``_THEN_HANDLES`` and
-  ``continuation_callback``.
+  ``continuation_callback``. ``FluxBindings`` re-arms journal and watch futures with
+  the C ``flux_future_reset`` (``bindings.py`` ``_CFuture``), which leaves the count
+  alone, so those are kept alive by the count only until their first callback: here
+  ``c_reset`` (set by ``FakeBindings.journal``/``watch``).
 - An exception escaping a future callback is stored, the reactor stops with an error,
   the future is reset and ``stop()``-ped, and ``reactor_run`` re-raises the exception:
   ``future.py`` ``continuation_callback``, ``core/handle.py`` ``Flux.reactor_run`` /
@@ -272,6 +275,7 @@ class FakeFuture:
         self.then_cb: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None
         self.stopped = False
         self.finished = False  # a terminal response (error) was queued
+        self.c_reset = False  # reset leaves the keep-alive count alone (FluxBindings' C path)
         handle.futures[self.serial] = weakref.ref(self)
 
     # -- the bindings' surface
@@ -295,7 +299,7 @@ class FakeFuture:
             self.results.popleft()
         self.armed = True
         handles = self.handle.broker.then_handles
-        if self in handles:
+        if self in handles and not self.c_reset:
             handles[self] += 1
         self._ready()
 
@@ -875,12 +879,16 @@ class FakeBindings:
         return self.broker.version
 
     def journal(self, handle: FakeHandle) -> FakeRPC:
-        """The events-journal stream with full history."""
-        return self.broker.journal(handle)
+        """The events-journal stream with full history (re-armed as ``FluxBindings`` does)."""
+        fut = self.broker.journal(handle)
+        fut.c_reset = True
+        return fut
 
     def watch(self, handle: FakeHandle, jobid: int, eventlog: str) -> FakeWatch:
         """An eventlog watch (WAITCREATE unless the bindings were made without it)."""
-        return self.broker.watch(handle, jobid, eventlog)
+        fut = self.broker.watch(handle, jobid, eventlog)
+        fut.c_reset = True
+        return fut
 
     def job_list(self, handle: FakeHandle, since: float) -> FakeRPC:
         """The job-list stream."""

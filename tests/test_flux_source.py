@@ -292,6 +292,43 @@ def test_journal_history_is_silent_and_ready_comes_at_the_sentinel() -> None:
                       name="annotations") is None  # fmt: skip
 
 
+def test_journal_stream_is_kept_past_its_first_response() -> None:
+    """The journal future outlives the keep-alive count, so live jobs after the sentinel arrive."""
+    broker = scenario_broker()
+    run = run_source(broker)
+    assert broker.journals_opened == [SCENARIO_START]
+    # A journal future collected after its first response (the sentinel) ends the
+    # stream silently: no live job would be reported.
+    assert set(run.finished()) == set(broker.jobs)
+    assert run.events_counted() == truth(broker, broker.jobs)
+
+
+class RequestFailsOnce(FakeBindings):
+    """The first journal request fails to send (the broker went away after ``connect``)."""
+
+    failed = False
+
+    def journal(self, handle: Any) -> FakeRPC:
+        """EPIPE once, then the fake's journal."""
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EPIPE, "Broken pipe")
+        return super().journal(handle)
+
+
+def test_first_request_failing_to_send_is_a_disconnect_not_a_crash() -> None:
+    """An OSError sending the first request ends that connection; fluxmon reconnects."""
+    broker = scenario_broker()
+    run = run_source(broker, bindings=RequestFailsOnce(broker))
+    (down,) = run.records("source.disconnected")
+    assert down["error"] == "request failed: EPIPE Broken pipe"
+    assert not run.records("source.failed")
+    assert [ok for _, ok in broker.connects] == [True, True]
+    assert len(run.records("source.connected")) == 1  # the failed connection never was
+    assert set(run.finished()) == set(broker.jobs)
+    assert run.events_counted() == truth(broker, broker.jobs)
+
+
 def test_journal_finished_records_match_the_journal_and_its_replay() -> None:
     """Every live job finishes once, as the journal implies and as the replay file says."""
     broker, history_ids = broker_from_raw_journal()

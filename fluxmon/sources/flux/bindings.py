@@ -62,7 +62,12 @@ class WatchFuture(Protocol):
 
 
 class Bindings(Protocol):
-    """The few Flux calls fluxmon makes; :class:`FluxBindings` is the real one."""
+    """The few Flux calls fluxmon makes; :class:`FluxBindings` is the real one.
+
+    A future or timer lives only as long as the caller keeps a reference to it: once
+    collected, its stream ends silently (no callback, no error), and a handle with
+    nothing outstanding does not notice the broker going away.
+    """
 
     def connect(self, uri: str) -> Any:
         """Open a handle; raises OSError when the broker cannot be reached."""
@@ -98,7 +103,9 @@ class _CFuture:
     ``flux.rpc.RPC.get`` and ``JobEventWatchFuture.get_event`` rebuild cffi wrappers on
     every call; on the journal that doubled fluxmon's CPU per event (76 µs against 40 µs
     per response, measured with a bare consumer on a 0.88 broker). The Python future is
-    kept, so ``then`` and its reference keeping are the bindings' own.
+    kept, so ``then`` is the bindings' own; but ``reset`` here is the C one, which does
+    not renew the bindings' keep-alive count (``flux.future._THEN_HANDLES``): after its
+    first callback the future lives only as long as the caller references this object.
     """
 
     __slots__ = ("_buf", "_ffi", "_future", "_handle", "_lib")
@@ -145,17 +152,29 @@ class _FastWatch(_CFuture):
     def get_event(self) -> Any:
         """The next entry as a dict (re-arming the future), None at the end (ENODATA)."""
         if self._lib.flux_job_event_watch_get(self._handle, self._buf) < 0:
-            if self._ffi.errno == errno.ENODATA:
-                self._future.needs_cancel = False  # ended: no cancel RPC when collected
+            # ENODATA or an error response: either ends the stream, so no cancel RPC is
+            # owed when the future is collected (one on a lost connection fails with
+            # EPIPE, printed to stderr as "Exception ignored in ... __del__").
+            error = self._error()  # reads errno first
+            self._future.needs_cancel = False
+            if error.errno == errno.ENODATA:
                 return None
-            raise self._error()
+            raise error
         entry = json.loads(self._ffi.string(self._buf[0]))
         self._lib.flux_future_reset(self._handle)
         return entry
 
     def cancel(self, stop: bool = False) -> None:
-        """Stop watching (the bindings' own cancel)."""
-        self._future.cancel(stop=stop)
+        """Stop watching (the bindings' own cancel); raises OSError on a lost connection.
+
+        Tried once: a failed cancel is not retried when the future is collected.
+        """
+        try:
+            self._future.cancel(stop=stop)
+        finally:
+            self._future.needs_cancel = False
+            if stop:
+                self._future.stop()
 
 
 class FluxBindings:

@@ -40,12 +40,14 @@ class JournalMode:
         self._responses = 0
         self._history: list[JobEvent] | None = []  # None once the sentinel came
         self._history_jobs: set[int] = set()
+        #: The stream; it lives only as long as this reference (see ``Bindings``).
+        self._future: RPCFuture | None = None
 
     def start(self) -> None:
         """Ask for the journal with its full history."""
         connection = self._connection
-        future = connection.bindings.journal(connection.handle)
-        future.then(connection.guard(self._on_response))
+        self._future = connection.bindings.journal(connection.handle)
+        self._future.then(connection.guard(self._on_response))
 
     def tick(self, now: float) -> None:
         """Nothing to do on the timer: the journal streams by itself."""

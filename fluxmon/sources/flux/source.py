@@ -16,7 +16,7 @@ from fluxmon.config import FluxSettings
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
 from fluxmon.sources.flux.checkpoint import Checkpoint
-from fluxmon.sources.flux.connection import Connection, Memory, Start
+from fluxmon.sources.flux.connection import Connection, Memory, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
 from fluxmon.sources.flux.watch import WatchMode
@@ -178,11 +178,16 @@ class _Session:
         bindings, handle = connection.bindings, connection.handle
         timer = bindings.timer(handle, TICK, connection.guard(self._tick))
         try:
-            self._mode.start()
             try:
-                bindings.run(handle)
-            except OSError as err:
-                connection.lost = connection.lost or f"reactor stopped: {err.strerror or err}"
+                self._mode.start()
+            except OSError as err:  # e.g. EPIPE: connected to a broker that is shutting down
+                connection.lose(f"request failed: {describe(err)}")
+            # A stop before the reactor runs is lost (libev cancels it): do not run then.
+            if connection.lost is None:
+                try:
+                    bindings.run(handle)
+                except OSError as err:
+                    connection.lost = connection.lost or f"reactor stopped: {err.strerror or err}"
         finally:
             self._delivery.close()
             with contextlib.suppress(OSError, AttributeError):
