@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -170,9 +172,22 @@ def replay(
 
 
 def _unreadable(paths: Iterable[str]) -> list[str]:
-    """Why each file of ``paths`` that cannot be opened cannot be, one line each."""
+    """Why each file of ``paths`` that cannot be opened cannot be, one line each.
+
+    A pipe or device (``/dev/stdin``, a FIFO) is only checked for permission: opening and
+    closing it here would take its writer's data or end its writer before the replay.
+    """
     problems = []
     for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+                continue
+        except OSError as err:
+            problems.append(f"{path}: cannot read: {err.strerror or err}")
+            continue
         try:
             open_input(path).close()
         except UnreadableInput as error:
