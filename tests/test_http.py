@@ -6,11 +6,9 @@ import base64
 import errno
 import gzip
 import http.client
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -28,14 +26,9 @@ from structlog.testing import capture_logs
 
 from fluxmon.config import parse_listen
 from fluxmon.http import MetricsServer, format_address
+from tests.tls import make_cert, needs_openssl
 
 VERSION = "9.8.7-test"
-
-needs_openssl = pytest.mark.skipif(
-    shutil.which("openssl") is None,
-    reason="the openssl binary is needed to make a self-signed certificate",
-)
-
 
 @dataclass
 class FakeHealth:
@@ -473,22 +466,6 @@ def test_ipv6_wildcard_also_accepts_ipv4(start_server: StartServer) -> None:
 
 
 # --- TLS --------------------------------------------------------------------------------
-
-
-def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed EC certificate for 127.0.0.1 and its key, made with openssl."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def client_context(ca: Path) -> ssl.SSLContext:
