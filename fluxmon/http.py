@@ -486,6 +486,51 @@ def _refuse_now(sock: socket.socket, reply: bytes) -> None:
         sock.close()
 
 
+class _Flight:
+    """One exposition being rendered, and the requests waiting for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.body = b""
+        self.error: Exception | None = None
+
+
+class _Renderer:
+    """Renders the registry once for all the scrapes that arrive while it is rendered.
+
+    A scrape arriving while an exposition of the same format is being rendered waits
+    for that one and shares it, so a burst of scrapes costs a few renderings, not one
+    each, and no thread starves the accept loop of the GIL. The shared exposition is
+    at most one rendering older than the request.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    def render(self, content_type: str, encode: Callable[[], bytes]) -> bytes:
+        """``encode()``'s result, from this thread or from one already running it."""
+        with self._lock:
+            flight = self._flights.get(content_type)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[content_type] = _Flight()
+        if leader:
+            try:
+                flight.body = encode()
+            except Exception as exc:
+                flight.error = exc
+            finally:
+                with self._lock:
+                    del self._flights[content_type]
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.body
+
+
 @dataclass(frozen=True)
 class _Endpoints:
     """The routes, independent of sockets: a request in, a :class:`_Response` out."""
@@ -496,6 +541,7 @@ class _Endpoints:
     auth: Callable[[], _BasicAuth | None]
     counts: _Counts
     log: Any
+    renderer: _Renderer = field(default_factory=_Renderer)
 
     def respond(self, request: _Request) -> _Response:
         """Answer a GET (or HEAD)."""
@@ -530,7 +576,7 @@ class _Endpoints:
     def _metrics(self, request: _Request) -> _Response:
         encoder, content_type = choose_encoder(request.accept)
         try:
-            body = encoder(self.registry)
+            body = self.renderer.render(content_type, lambda: encoder(self.registry))
         except Exception:
             self.log.exception("http.collect_failed")
             return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "error collecting metrics")
