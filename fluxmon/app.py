@@ -324,6 +324,9 @@ def serve(
         tls_key=http.tls_key,
         tls_client_ca=http.tls_client_ca,
         basic_auth=http.basic_auth,
+        max_connections=http.max_connections,
+        max_header_bytes=http.max_header_bytes,
+        header_timeout=http.header_timeout,
         log=log,
     )
     try:

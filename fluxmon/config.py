@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class HttpSettings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     basic_auth: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    allow_plain_basic_auth: bool = False
+    max_connections: int = 64
+    max_header_bytes: int = 16384
+    header_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -401,10 +406,99 @@ def tls_problems(given: Collection[str]) -> Iterator[tuple[str, str]]:
 
 
 def _check_tls(
-    _http: HttpSettings, given: frozenset[str], _failed: frozenset[str]
+    http: HttpSettings, given: frozenset[str], failed: frozenset[str]
 ) -> Iterator[tuple[str, str]]:
-    """tls_cert and tls_key go together; tls_client_ca needs both."""
-    return tls_problems(given)
+    """tls_cert and tls_key go together, tls_client_ca needs both, and all of them load."""
+    incomplete = list(tls_problems(given))
+    yield from incomplete
+    if incomplete or failed & {"tls_cert", "tls_key", "tls_client_ca"}:
+        return
+    if http.tls_cert is not None and http.tls_key is not None:
+        try:
+            load_tls_context(http.tls_cert, http.tls_key, http.tls_client_ca)
+        except TlsError as e:
+            yield from e.problems
+
+
+class TlsError(Exception):
+    """TLS files that cannot be loaded: ``(key, what is wrong)`` for each, keys as in [http]."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"{key}: {what}" for key, what in problems))
+        self.problems: list[tuple[str, str]] = list(problems)
+
+
+class _Encrypted(Exception):
+    """Raised by the password callback: the private key asks for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted
+
+
+def _tls_file_problem(path: Path, error: OSError, what: str) -> str:
+    """Say why a TLS file did not load: unreadable, or not the PEM it should be."""
+    if not isinstance(error, ssl.SSLError):
+        return f"{path}: cannot read: {error.strerror or error}"
+    return f"{path}: not {what} ({error.reason or error.args[-1]})"
+
+
+def load_tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """A TLS server context from PEM files, with the certificate and key checked as a pair.
+
+    Raises :class:`TlsError` naming each file that is unreadable, not PEM, an encrypted
+    key, or a key that is not the certificate's.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    problems: list[tuple[str, str]] = []
+    try:  # the certificate alone first, so that a bad one is named as such
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert)
+    except OSError as e:
+        problems.append(
+            ("tls_cert", _tls_file_problem(cert, e, "a PEM certificate") + f" (valid: {_CERT})")
+        )
+    else:
+        try:
+            context.load_cert_chain(certfile=cert, keyfile=key, password=_no_passphrase)
+        except _Encrypted:
+            problems.append(
+                ("tls_key", f"{key}: encrypted, and fluxmon cannot ask for its passphrase"
+                 f" (valid: {_KEY}, unencrypted: openssl pkey -in KEY -out NEW)")
+            )  # fmt: skip
+        except ssl.SSLError as e:
+            if e.reason == "KEY_VALUES_MISMATCH":
+                what = f"{key}: not the private key of the certificate {cert}"
+            else:
+                what = _tls_file_problem(key, e, "a PEM private key")
+            problems.append(("tls_key", f"{what} (valid: {_KEY})"))
+        except OSError as e:
+            problems.append(("tls_key", f"{_tls_file_problem(key, e, '')} (valid: {_KEY})"))
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except OSError as e:
+            problems.append(
+                ("tls_client_ca",
+                 _tls_file_problem(client_ca, e, "a PEM CA certificate") + f" (valid: {_CA})")
+            )  # fmt: skip
+        context.verify_mode = ssl.CERT_REQUIRED
+    if problems:
+        raise TlsError(problems)
+    return context
+
+
+def _check_plain_auth(
+    http: HttpSettings, _given: frozenset[str], _failed: frozenset[str]
+) -> Iterator[tuple[str, str]]:
+    """Basic auth without TLS sends passwords in clear text: only when the file says so."""
+    if http.basic_auth and http.tls_cert is None and not http.allow_plain_basic_auth:
+        yield (
+            "basic_auth",
+            "users are set but TLS is not, so passwords would cross the network in clear text"
+            " (valid: set tls_cert and tls_key to serve HTTPS, or allow_plain_basic_auth = true"
+            " when a TLS proxy or a trusted network protects the endpoint)",
+        )
 
 
 def _check_bcrypt(
@@ -416,6 +510,9 @@ def _check_bcrypt(
 
 
 _SECONDS = "a number of seconds > 0"
+_CERT = "path to a PEM certificate file"
+_KEY = "path to the PEM private key of tls_cert"
+_CA = "path to a PEM CA file"
 _BUCKETS = "a non-empty array of finite numbers > 0, strictly increasing"
 
 _SECTIONS: Mapping[str, _Section] = {
@@ -436,17 +533,25 @@ _SECTIONS: Mapping[str, _Section] = {
         HttpSettings,
         {
             "listen": _Key("listen", _listen, _LISTEN_VALID),
-            "tls_cert": _Key("tls_cert", _existing_file, "path to a PEM certificate file"),
-            "tls_key": _Key("tls_key", _existing_file, "path to a PEM private key file"),
-            "tls_client_ca": _Key("tls_client_ca", _existing_file, "path to a PEM CA file"),
+            "tls_cert": _Key("tls_cert", _existing_file, _CERT),
+            "tls_key": _Key("tls_key", _existing_file, _KEY),
+            "tls_client_ca": _Key("tls_client_ca", _existing_file, _CA),
             "basic_auth": _MapOf(
                 "basic_auth",
                 _basic_auth_user,
                 _bcrypt_hash,
                 "$2a$/$2b$/$2y$ hash of 60 characters, e.g. from htpasswd -nbBC 12 USER",
             ),
+            "allow_plain_basic_auth": _Key("allow_plain_basic_auth", _as_bool, "true, false"),
+            "max_connections": _Key(
+                "max_connections", _int_range(1, 10000), "an integer from 1 to 10000"
+            ),
+            "max_header_bytes": _Key(
+                "max_header_bytes", _int_range(1024, 1048576), "an integer from 1024 to 1048576"
+            ),
+            "header_timeout": _Key("header_timeout", _positive_seconds, _SECONDS),
         },
-        (_check_tls, _check_bcrypt),
+        (_check_tls, _check_bcrypt, _check_plain_auth),
     ),
     "log": _Section(
         LogSettings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from fluxmon.config import (
     parse_listen,
 )
 from fluxmon.http import MetricsServer
+from tests.tls import make_cert, needs_openssl, write_pems
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 HASH = "$2b$12$socuBpmonWRWDtkUkZcgLuKO29LWtoaVYEz70VNWGthGhAV1kUP1y"
@@ -108,7 +110,8 @@ def test_file_without_keys_gives_defaults(tmp_path: Path, text: str) -> None:
 
 def test_settings_are_immutable(tmp_path: Path) -> None:
     """Settings and the basic-auth table cannot be changed after loading."""
-    settings = load_settings(write(tmp_path, f'[http.basic_auth]\nalice = "{HASH}"\n'))
+    text = f'[http]\nallow_plain_basic_auth = true\n[http.basic_auth]\nalice = "{HASH}"\n'
+    settings = load_settings(write(tmp_path, text))
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.http.listen = ("::", 1)  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -135,11 +138,11 @@ def test_example_values_are_the_defaults(tmp_path: Path) -> None:
     assert load_settings(path) == Settings(path=path)
 
 
+@needs_openssl
 def test_example_sample_values_are_valid(tmp_path: Path) -> None:
     """Uncommenting every key of the example, with its TLS files present, loads cleanly."""
     text = EXAMPLE.read_text().replace("/etc/fluxmon/tls/", "")
-    for name in ("fluxmon.crt", "fluxmon.key", "prometheus-ca.crt"):
-        (tmp_path / name).write_text("PEM\n")
+    write_pems(tmp_path, "fluxmon.crt", "fluxmon.key", "prometheus-ca.crt")
     path = write(tmp_path, re.sub(r"(?m)^#(\w+ = )", r"\1", text))
     settings = load_settings(path)
     assert settings.http.tls_client_ca == tmp_path / "prometheus-ca.crt"
@@ -182,8 +185,16 @@ ROUND_TRIP = [
                  InDir("k.pem"), id="http.tls_key"),
     pytest.param('[http]\ntls_cert = "c.pem"\ntls_key = "k.pem"\ntls_client_ca = "ca.pem"',
                  "http", "tls_client_ca", InDir("ca.pem"), id="http.tls_client_ca"),
-    pytest.param(f'[http.basic_auth]\nprometheus = "{HASH}"', "http", "basic_auth",
-                 {"prometheus": HASH}, id="http.basic_auth"),
+    pytest.param(f'[http]\nallow_plain_basic_auth = true\n[http.basic_auth]\nprometheus = "{HASH}"',
+                 "http", "basic_auth", {"prometheus": HASH}, id="http.basic_auth"),
+    pytest.param("[http]\nallow_plain_basic_auth = true", "http", "allow_plain_basic_auth", True,
+                 id="http.allow_plain_basic_auth"),
+    pytest.param("[http]\nmax_connections = 8", "http", "max_connections", 8,
+                 id="http.max_connections"),
+    pytest.param("[http]\nmax_header_bytes = 4096", "http", "max_header_bytes", 4096,
+                 id="http.max_header_bytes"),
+    pytest.param("[http]\nheader_timeout = 2", "http", "header_timeout", 2.0,
+                 id="http.header_timeout"),
     pytest.param('[log]\nformat = "json"', "log", "format", "json", id="log.format"),
     pytest.param('[log]\nlevel = "debug"', "log", "level", "debug", id="log.level"),
     pytest.param('[log]\nevents = "none"', "log", "events", "none", id="log.events"),
@@ -209,11 +220,11 @@ ROUND_TRIP = [
 ]  # fmt: skip
 
 
+@needs_openssl
 @pytest.mark.parametrize(("text", "section", "name", "expected"), ROUND_TRIP)
 def test_round_trip(tmp_path: Path, text: str, section: str, name: str, expected: object) -> None:
     """Each key set to a valid non-default value comes back in its settings field."""
-    for pem in ("c.pem", "k.pem", "ca.pem"):
-        (tmp_path / pem).write_text("PEM\n")
+    write_pems(tmp_path, "c.pem", "k.pem", "ca.pem")
     if isinstance(expected, InDir):
         expected = tmp_path / expected.name
     settings = load_settings(write(tmp_path, text + "\n"))
@@ -236,12 +247,12 @@ def test_example_documents_every_key() -> None:
     assert example_keys() == dotted
 
 
+@needs_openssl
 def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     """Relative paths are resolved against the config file's directory, not the cwd."""
     conf = tmp_path / "etc"
     conf.mkdir()
-    (conf / "c.pem").write_text("PEM\n")
-    (conf / "k.pem").write_text("PEM\n")
+    write_pems(conf, "c.pem", "k.pem")
     settings = load_settings(write(conf, '[http]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n'))
     assert settings.http.tls_cert == conf / "c.pem"
     assert settings.http.tls_cert.is_absolute()
@@ -381,6 +392,26 @@ ERRORS = [
     pytest.param('[http]\nbasic_auth = "alice"',
                  'http.basic_auth: expected a table, got string "alice"',
                  id="basic-auth-not-table"),
+    pytest.param('[http]\ntls_cert = "c.pem"\ntls_key = "k.pem"',
+                 "http.tls_cert: {dir}/c.pem: not a PEM certificate (NO_CERTIFICATE_OR_CRL_FOUND)"
+                 " (valid: path to a PEM certificate file)", id="tls-cert-not-pem"),
+    pytest.param(f'[http.basic_auth]\nalice = "{HASH}"',
+                 "http.basic_auth: users are set but TLS is not, so passwords would cross the"
+                 " network in clear text (valid: set tls_cert and tls_key to serve HTTPS, or"
+                 " allow_plain_basic_auth = true when a TLS proxy or a trusted network protects"
+                 " the endpoint)", id="basic-auth-over-plain-http"),
+    pytest.param("[http]\nallow_plain_basic_auth = 1",
+                 "http.allow_plain_basic_auth: expected a boolean, got integer 1"
+                 " (valid: true, false)", id="allow-plain-not-bool"),
+    pytest.param("[http]\nmax_connections = 0",
+                 "http.max_connections: 0 is out of range (valid: an integer from 1 to 10000)",
+                 id="max-connections-zero"),
+    pytest.param("[http]\nmax_header_bytes = 100",
+                 "http.max_header_bytes: 100 is out of range"
+                 " (valid: an integer from 1024 to 1048576)", id="max-header-bytes-small"),
+    pytest.param("[http]\nheader_timeout = 0",
+                 "http.header_timeout: 0 is not greater than 0 (valid: a number of seconds > 0)",
+                 id="header-timeout-zero"),
     pytest.param('[state]\ncheckpoint_dir = "c.pem"',
                  "state.checkpoint_dir: {dir}/c.pem: not a directory (valid: path to a directory)",
                  id="checkpoint-dir-is-file"),
@@ -579,7 +610,8 @@ def test_basic_auth_without_bcrypt_is_a_config_error(
 ) -> None:
     """Users in basic_auth without bcrypt installed fail check-config, saying how to install it."""
     monkeypatch.setitem(sys.modules, "bcrypt", None)
-    path = write(tmp_path, f'[http.basic_auth]\nalice = "{HASH}"\n')
+    text = f'[http]\nallow_plain_basic_auth = true\n[http.basic_auth]\nalice = "{HASH}"\n'
+    path = write(tmp_path, text)
     assert problems_of(path) == [f"{path}: http.basic_auth: {BCRYPT_MISSING}"]
     assert "pip install '.[auth]'" in BCRYPT_MISSING
 
@@ -624,3 +656,84 @@ class _Healthy:
 
     def readiness(self) -> tuple[bool, str]:
         return True, ""
+
+
+# --------------------------------------------------------------------------- TLS files
+
+
+def tls_config(tmp_path: Path, cert: str, key: str, ca: str = "") -> Path:
+    """A config naming these TLS files in tmp_path."""
+    text = f'[http]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    if ca:
+        text += f'tls_client_ca = "{ca}"\n'
+    return write(tmp_path, text)
+
+
+@needs_openssl
+def test_check_config_non_pem_certificate_is_78_naming_the_file(tmp_path: Path) -> None:
+    """check-config loads the certificate: one that is not PEM exits 78 with the file named."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    (tmp_path / "c.pem").write_bytes(b"\x30\x82\x01\x0a not PEM")
+    path = str(tls_config(tmp_path, "c.pem", "k.pem"))
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config_main(path, out, err) == 78
+    assert err.getvalue().splitlines() == [
+        f"{path}: http.tls_cert: {tmp_path}/c.pem: not a PEM certificate"
+        " (NO_CERTIFICATE_OR_CRL_FOUND) (valid: path to a PEM certificate file)"
+    ]
+
+
+@needs_openssl
+def test_key_that_is_not_pem_is_named(tmp_path: Path) -> None:
+    """A private key file that holds no PEM key is reported on tls_key, naming it."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    (tmp_path / "k.pem").write_text("not a key\n")
+    [problem] = problems_of(tls_config(tmp_path, "c.pem", "k.pem"))
+    assert problem.startswith(f"{tmp_path}/config.toml: http.tls_key: {tmp_path}/k.pem: not a PEM")
+    assert problem.endswith("(valid: path to the PEM private key of tls_cert)")
+
+
+@needs_openssl
+def test_key_of_another_certificate_is_refused(tmp_path: Path) -> None:
+    """A valid key that is not the certificate's is refused: the pair is checked."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    make_cert(tmp_path, "other")
+    path = tls_config(tmp_path, "c.pem", "other.key")
+    assert problems_of(path) == [
+        f"{path}: http.tls_key: {tmp_path}/other.key: not the private key of the certificate"
+        f" {tmp_path}/c.pem (valid: path to the PEM private key of tls_cert)"
+    ]
+
+
+@needs_openssl
+def test_encrypted_key_is_refused_without_prompting(tmp_path: Path) -> None:
+    """An encrypted key is a config error saying why, never a passphrase prompt."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(tmp_path / "k.pem"), "-aes256", "-passout", "pass:x",
+         "-out", str(tmp_path / "enc.pem")],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    [problem] = problems_of(tls_config(tmp_path, "c.pem", "enc.pem"))
+    assert f"http.tls_key: {tmp_path}/enc.pem: encrypted" in problem
+    assert "openssl pkey -in KEY -out NEW" in problem
+
+
+@needs_openssl
+def test_client_ca_that_is_not_pem_is_named(tmp_path: Path) -> None:
+    """A client CA file without a PEM certificate is reported on tls_client_ca."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    (tmp_path / "ca.pem").write_text("PEM\n")
+    path = tls_config(tmp_path, "c.pem", "k.pem", "ca.pem")
+    assert problems_of(path) == [
+        f"{path}: http.tls_client_ca: {tmp_path}/ca.pem: not a PEM CA certificate"
+        " (NO_CERTIFICATE_OR_CRL_FOUND) (valid: path to a PEM CA file)"
+    ]
+
+
+@needs_openssl
+def test_basic_auth_with_tls_needs_no_opt_in(tmp_path: Path) -> None:
+    """Basic auth over HTTPS loads without allow_plain_basic_auth."""
+    write_pems(tmp_path, "c.pem", "k.pem")
+    text = f'[http]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n[http.basic_auth]\nalice = "{HASH}"\n'
+    assert list(load_settings(write(tmp_path, text)).http.basic_auth) == ["alice"]

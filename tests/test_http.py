@@ -10,9 +10,9 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,15 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
-from fluxmon.config import parse_listen
-from fluxmon.http import MetricsServer, format_address
+from fluxmon.config import HttpSettings, parse_listen
+from fluxmon.http import REFUSAL_REASONS, MetricsServer, format_address
+from tests.tls import make_cert, needs_openssl
 
 VERSION = "9.8.7-test"
-
-needs_openssl = pytest.mark.skipif(
-    shutil.which("openssl") is None,
-    reason="the openssl binary is needed to make a self-signed certificate",
-)
 
 
 @dataclass
@@ -475,22 +471,6 @@ def test_ipv6_wildcard_also_accepts_ipv4(start_server: StartServer) -> None:
 # --- TLS --------------------------------------------------------------------------------
 
 
-def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed EC certificate for 127.0.0.1 and its key, made with openssl."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def client_context(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
@@ -663,3 +643,330 @@ def test_empty_basic_auth_means_no_auth(start_server: StartServer) -> None:
     """An empty user table turns auth off rather than locking everyone out."""
     server = start_server(basic_auth={})
     assert request(server, "/metrics").status == 200
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+def refused(registry: CollectorRegistry, reason: str) -> float:
+    """fluxmon_http_refused_total for one reason."""
+    value = registry.get_sample_value("fluxmon_http_refused_total", {"reason": reason})
+    assert value is not None
+    return value
+
+
+def raw(server: MetricsServer, data: bytes, *, close_write: bool = False) -> tuple[bytes, float]:
+    """Send bytes on a fresh connection; return all the server sent and the seconds it took."""
+    start = time.monotonic()
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(data)
+        if close_write:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received, time.monotonic() - start
+
+
+def test_refusals_are_counted_from_zero(server: MetricsServer, metrics: Metrics) -> None:
+    """Every refusal reason is exposed at 0 from the start, with the open connections gauge."""
+    text = request(server, "/metrics").body.decode()
+    for reason in REFUSAL_REASONS:
+        assert f'fluxmon_http_refused_total{{reason="{reason}"}} 0.0' in text
+    assert "fluxmon_http_connections " in text
+
+
+def test_http09_request_is_refused_at_once(start_server: StartServer, metrics: Metrics) -> None:
+    """An HTTP/0.9 request line gets 400 and is closed at once, not held for its headers."""
+    server = start_server(header_timeout=5.0)
+    received, seconds = raw(server, b"GET /metrics\r\n")
+    assert received.startswith(b"HTTP/1.0 400 ")
+    assert seconds < 1.0
+    assert refused(metrics.registry, "bad_request") == 1
+
+
+def test_truncated_request_is_closed_at_once(start_server: StartServer, metrics: Metrics) -> None:
+    """A head cut short by the client closing is closed without an answer, and counted."""
+    server = start_server(header_timeout=5.0)
+    received, seconds = raw(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n", close_write=True)
+    assert received == b""
+    assert seconds < 1.0
+    assert refused(metrics.registry, "truncated") == 1
+
+
+def test_bare_newlines_end_a_head(server: MetricsServer) -> None:
+    """A head whose lines end in a bare LF is still a request."""
+    received, _ = raw(server, b"GET /healthz HTTP/1.0\nHost: x\n\n")
+    assert received.startswith(b"HTTP/1.0 200 ")
+
+
+def test_large_head_gets_431(start_server: StartServer, metrics: Metrics) -> None:
+    """A request head over max_header_bytes gets 431 and is counted; a smaller one is served."""
+    server = start_server(max_header_bytes=2048)
+    ok = request(server, "/healthz", {"X-Pad": "a" * 1500})
+    assert ok.status == 200
+    received, _ = raw(server, b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n")
+    assert received.startswith(b"HTTP/1.0 431 ")
+    assert refused(metrics.registry, "header_too_large") == 1
+
+
+def test_slow_head_is_closed_at_the_deadline(start_server: StartServer, metrics: Metrics) -> None:
+    """A client trickling its head is closed header_timeout after connecting, trickle or not."""
+    server = start_server(header_timeout=0.5)
+    start = time.monotonic()
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        closed_after = None
+        for _ in range(40):  # a header line every 0.1 s: each read is quick
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            time.sleep(0.1)
+            sock.setblocking(False)
+            try:
+                if sock.recv(1) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+    assert closed_after is not None
+    assert 0.4 < closed_after < 1.5
+    assert refused(metrics.registry, "header_timeout") == 1
+
+
+def test_idle_connection_is_closed_at_the_deadline(
+    start_server: StartServer, metrics: Metrics
+) -> None:
+    """A client that connects and sends nothing is closed after header_timeout."""
+    server = start_server(header_timeout=0.3)
+    received, seconds = raw(server, b"")
+    assert received == b""
+    assert 0.2 < seconds < 1.5
+    assert refused(metrics.registry, "header_timeout") == 1
+
+
+class BlockingHealth(FakeHealth):
+    """A health whose liveness check waits until released: a request that stays busy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def liveness(self) -> tuple[bool, str]:
+        self.entered.release()
+        self.release.wait(10)
+        return self.live
+
+
+def test_connections_past_the_cap_get_503_at_once(metrics: Metrics) -> None:
+    """With every slot busy serving, a newcomer gets 503 with Retry-After at once, counted."""
+    health = BlockingHealth()
+    server = MetricsServer(
+        metrics.registry, health, listen=("127.0.0.1", 0), version=VERSION, max_connections=2
+    )
+    server.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            busy = [pool.submit(request, server, "/healthz") for _ in range(2)]
+            for _ in range(2):
+                assert health.entered.acquire(timeout=10)
+            start = time.monotonic()
+            reply = request(server, "/metrics")
+            assert time.monotonic() - start < 1.0
+            assert reply.status == 503
+            assert reply.headers["Retry-After"] == "1"
+            health.release.set()
+            assert [f.result().status for f in busy] == [200, 200]
+        assert refused(metrics.registry, "max_connections") == 1
+        assert request(server, "/metrics").status == 200
+    finally:
+        health.release.set()
+        server.stop()
+
+
+def test_slow_clients_make_room_for_a_scrape(start_server: StartServer, metrics: Metrics) -> None:
+    """At the cap, a newcomer takes the place of the oldest client still sending its head."""
+    server = start_server(max_connections=3, header_timeout=10.0)
+    slow = [socket.create_connection(server.address, timeout=10) for _ in range(3)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        time.sleep(0.2)
+        start = time.monotonic()
+        assert request(server, "/metrics").status == 200
+        assert time.monotonic() - start < 1.0
+        oldest = slow[0].recv(65536)
+        assert oldest.startswith(b"HTTP/1.0 503 ") or oldest == b""
+        assert refused(metrics.registry, "evicted") == 1
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+# --- reload and TLS rotation ------------------------------------------------------------
+
+
+def peer_cn(server: MetricsServer, ca: Path) -> str:
+    """The common name of the certificate the server presents now."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False
+    with (
+        socket.create_connection(server.address, timeout=10) as raw_sock,
+        context.wrap_socket(raw_sock) as tls,
+    ):
+        cert: Any = tls.getpeercert()
+    return next(str(value) for rdn in cert["subject"] for key, value in rdn if key == "commonName")
+
+
+def both_cas(tmp_path: Path, *certs: Path) -> Path:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("".join(c.read_text() for c in certs))
+    return bundle
+
+
+@needs_openssl
+def test_rotated_certificate_is_served_without_restart(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Certificate files replaced in place are served by new connections within seconds."""
+    live = tmp_path / "live"
+    live.mkdir()
+    old_cert, old_key = make_cert(tmp_path, "old")
+    new_cert, new_key = make_cert(tmp_path, "new")
+    shutil.copy(old_cert, live / "tls.crt")
+    shutil.copy(old_key, live / "tls.key")
+    bundle = both_cas(tmp_path, old_cert, new_cert)
+    server = start_server(tls_cert=live / "tls.crt", tls_key=live / "tls.key")
+    assert peer_cn(server, bundle) == "old"
+    with capture_logs() as logs:
+        shutil.copy(new_cert, live / "tls.crt")
+        shutil.copy(new_key, live / "tls.key")
+        deadline = time.monotonic() + 10
+        while peer_cn(server, bundle) != "new" and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert peer_cn(server, bundle) == "new"
+    assert "http.tls_reloaded" in [entry["event"] for entry in logs]
+
+
+@needs_openssl
+def test_broken_certificate_keeps_the_old_one(start_server: StartServer, tmp_path: Path) -> None:
+    """A rotated certificate that does not load is logged as an error; the old one is kept."""
+    cert, key = make_cert(tmp_path, "good")
+    live_cert = tmp_path / "tls.crt"
+    shutil.copy(cert, live_cert)
+    server = start_server(tls_cert=live_cert, tls_key=key)
+    with capture_logs() as logs:
+        live_cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
+        deadline = time.monotonic() + 10
+        while not logs and time.monotonic() < deadline:
+            time.sleep(0.1)
+    [entry] = logs
+    assert entry["event"] == "http.tls_reload_failed"
+    assert entry["log_level"] == "error"
+    assert f"http.tls_cert: {live_cert}: not a PEM certificate" in entry["problems"]
+    assert peer_cn(server, cert) == "good"
+
+
+@needs_openssl
+def test_reload_applies_new_tls_files(start_server: StartServer, tmp_path: Path) -> None:
+    """reload() with other TLS files returns no problem and serves them at once."""
+    old_cert, old_key = make_cert(tmp_path, "old")
+    new_cert, new_key = make_cert(tmp_path, "new")
+    server = start_server(tls_cert=old_cert, tls_key=old_key)
+    assert server.reload(HttpSettings(tls_cert=new_cert, tls_key=new_key)) == []
+    assert peer_cn(server, new_cert) == "new"
+
+
+@needs_openssl
+def test_reload_with_a_problem_changes_nothing(
+    start_server: StartServer, tmp_path: Path, users: dict[str, str]
+) -> None:
+    """reload() with a bad key returns the problem and keeps the certificate and users."""
+    cert, key = make_cert(tmp_path, "old")
+    other_cert, _ = make_cert(tmp_path, "other")
+    server = start_server(tls_cert=cert, tls_key=key, basic_auth=users)
+    problems = server.reload(HttpSettings(tls_cert=other_cert, tls_key=key))
+    assert problems == [
+        f"http.tls_key: {key}: not the private key of the certificate {other_cert}"
+        " (valid: path to the PEM private key of tls_cert)"
+    ]
+    assert peer_cn(server, cert) == "old"
+    reply = request(server, "/metrics", tls=client_context(cert))
+    assert reply.status == 401
+
+
+def test_reload_replaces_users(
+    start_server: StartServer, users: dict[str, str], bcrypt_module: Any
+) -> None:
+    """After reload() the new users' passwords open the endpoint and the old ones do not."""
+    server = start_server(basic_auth=users)
+    old = basic("prometheus", "s3cret:with colon")
+    assert request(server, "/metrics", old).status == 200
+    hashed = bcrypt_module.hashpw(b"new", bcrypt_module.gensalt(rounds=4)).decode()
+    assert server.reload(HttpSettings(basic_auth={"grafana": hashed})) == []
+    assert request(server, "/metrics", old).status == 401
+    assert request(server, "/metrics", basic("grafana", "new")).status == 200
+
+
+def test_reload_keeps_known_good_credentials_of_unchanged_users(
+    start_server: StartServer,
+    users: dict[str, str],
+    bcrypt_module: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user whose hash did not change is not checked with bcrypt again after a reload."""
+    calls: list[bytes] = []
+    real_checkpw = bcrypt_module.checkpw
+
+    def counting_checkpw(password: bytes, hashed: bytes) -> bool:
+        calls.append(password)
+        return bool(real_checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt_module, "checkpw", counting_checkpw)
+    server = start_server(basic_auth=users)
+    good = basic("prometheus", "s3cret:with colon")
+    assert request(server, "/metrics", good).status == 200
+    assert server.reload(HttpSettings(basic_auth=users, max_connections=8)) == []
+    assert request(server, "/metrics", good).status == 200
+    assert len(calls) == 1
+
+
+def test_wrong_password_flood_does_not_starve_known_good_scrapes(
+    start_server: StartServer,
+    users: dict[str, str],
+    bcrypt_module: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    metrics: Metrics,
+) -> None:
+    """While bcrypt checks a wrong password, more wrong ones get 503 at once; good ones pass."""
+    real_checkpw = bcrypt_module.checkpw
+    slow = threading.Event()
+    in_check = threading.Event()
+
+    def slow_checkpw(password: bytes, hashed: bytes) -> bool:
+        if password == b"wrong":
+            in_check.set()
+            slow.wait(10)
+        return bool(real_checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt_module, "checkpw", slow_checkpw)
+    server = start_server(basic_auth=users)
+    good = basic("prometheus", "s3cret:with colon")
+    assert request(server, "/metrics", good).status == 200
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(request, server, "/metrics", basic("prometheus", "wrong"))
+        assert in_check.wait(10)
+        flood = [request(server, "/metrics", basic("prometheus", "wrong")) for _ in range(5)]
+        start = time.monotonic()
+        assert request(server, "/metrics", good).status == 200
+        assert time.monotonic() - start < 1.0
+        slow.set()
+        assert first.result().status == 401
+    assert {reply.status for reply in flood} == {503}
+    assert all(reply.headers["Retry-After"] == "1" for reply in flood)
+    assert refused(metrics.registry, "auth_busy") == 5
