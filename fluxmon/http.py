@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import gzip
 import hashlib
 import hmac
@@ -45,7 +46,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from fluxmon.config import BCRYPT_MISSING, is_bcrypt_hash, tls_problems
+from fluxmon.config import BCRYPT_MISSING, HttpSettings, is_bcrypt_hash, tls_problems
 
 __all__ = ["Health", "MetricsServer", "format_address"]
 
@@ -343,7 +344,18 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         self._dual_stack = dual_stack
         self.log: Any = _default_log
+        #: Wraps each accepted connection (read per connection, so a reload swaps it).
+        self.tls: ssl.SSLContext | None = None
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection, wrapped in the TLS context of the moment (if any)."""
+        sock, address = self.socket.accept()
+        tls = self.tls
+        if tls is not None:
+            # The handshake is done by the request's thread (see _Handler.setup).
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def server_bind(self) -> None:
         """Bind without ``HTTPServer``'s reverse DNS lookup of the listen address."""
@@ -471,11 +483,7 @@ class MetricsServer:
                 msg = f"cannot listen on {format_address(host, port)}: {reason}"
                 raise OSError(exc.errno, msg) from exc
             server.log = self._log
-            if self._tls is not None:
-                # The handshake is done by each request's thread (see _Handler.setup).
-                server.socket = self._tls.wrap_socket(
-                    server.socket, server_side=True, do_handshake_on_connect=False
-                )
+            server.tls = self._tls
             self._server = server
             self._thread = threading.Thread(
                 target=server.serve_forever,
@@ -484,6 +492,31 @@ class MetricsServer:
                 daemon=True,
             )
             self._thread.start()
+
+    def reload(self, http: HttpSettings) -> list[str]:
+        """Apply ``http``'s basic-auth users and TLS files (read again even when unchanged).
+
+        All or nothing: returns the problems and changes nothing, or returns ``[]``.
+        New connections get the new certificate; ``http.listen`` is not looked at.
+        """
+        try:
+            auth = _BasicAuth(http.basic_auth) if http.basic_auth else None
+        except (ValueError, RuntimeError) as exc:
+            return [f"http.basic_auth: {exc}"]
+        tls = None
+        if http.tls_cert is not None and http.tls_key is not None:
+            files = [str(f) for f in (http.tls_cert, http.tls_key, http.tls_client_ca) if f]
+            try:
+                tls = _tls_context(http.tls_cert, http.tls_key, http.tls_client_ca)
+            except OSError as exc:  # ssl.SSLError is an OSError
+                return [f"http.tls_cert: cannot load {', '.join(files)}: {exc}"]
+        with self._lock:
+            self._tls = tls
+            if self._server is not None:
+                self._server.tls = tls
+            endpoints = dataclasses.replace(self._handler.endpoints, auth=auth)
+            self._handler.endpoints = endpoints
+        return []
 
     @property
     def address(self) -> tuple[str, int]:
