@@ -129,8 +129,8 @@ def replay(
         interval=progress_every,
     )
     source = ReplaySource(paths, progress=progress)
-    parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
     previous = _install_signals(None, signal.SIG_IGN)  # a batch job: nothing to reload
+    parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
     try:
         source.run(parts.pipeline, threading.Event())
     except UnreadableInput as error:  # it went away since _unreadable looked

@@ -64,24 +64,33 @@ def refusal(key: str, pinned: Mapping[str, str]) -> str | None:
     return f"{why}; restart fluxmon to apply it"
 
 
-def _digest(settings: Settings, key: str) -> str | None:
-    """A hash of the file a TLS key names (None: unset or unreadable)."""
-    path = value(settings, key)
-    if not isinstance(path, Path):
-        return None
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+def tls_digests(settings: Settings) -> dict[str, str | None]:
+    """A hash of the content of each TLS file (None: unset or unreadable), by key."""
+    digests: dict[str, str | None] = {}
+    for key in TLS_FILES:
+        path = value(settings, key)
+        try:
+            digest = hashlib.sha256(path.read_bytes()) if isinstance(path, Path) else None
+        except OSError:
+            digest = None
+        digests[key] = digest.hexdigest() if digest else None
+    return digests
 
 
-def changed_keys(old: Settings, new: Settings) -> list[str]:
-    """The config keys whose values differ, TLS files also by content, in the file's order."""
+def changed_keys(
+    old: Settings, new: Settings, old_files: Mapping[str, str | None] | None = None
+) -> list[str]:
+    """The config keys whose values differ, in the file's order.
+
+    With ``old_files`` (:func:`tls_digests` of ``old`` when it was read), a TLS file
+    whose content differs now counts too, even under the same path.
+    """
+    new_files = tls_digests(new) if old_files is not None else {}
     return [
         key
         for key in setting_keys()
         if value(old, key) != value(new, key)
-        or (key in TLS_FILES and _digest(old, key) != _digest(new, key))
+        or (old_files is not None and key in TLS_FILES and old_files[key] != new_files[key])
     ]
 
 
@@ -128,6 +137,7 @@ class Reloader:
         format, which are set here in ``options`` after the records of the reload.
         """
         self.settings = config.settings
+        self._files = tls_digests(config.settings)
         self._pinned = config.pinned
         self._apply = apply
         self._options = options
@@ -146,7 +156,8 @@ class Reloader:
         except ConfigError as error:
             self._log.error("config.reload_failed", config=str(path), problems=str(error))
             return False
-        changed = changed_keys(self.settings, new)
+        files = tls_digests(new)  # before the server reads them: a change later is seen next time
+        changed = changed_keys(self.settings, new, self._files)
         refused = {key: why for key in changed if (why := refusal(key, self._pinned))}
         applied = [key for key in changed if key not in refused]
         settings = _taking(self.settings, applied, new)
@@ -159,7 +170,7 @@ class Reloader:
         # Written before the new level applies, so raising it still shows this record.
         self._log.info("config.reloaded", config=str(path), changed=",".join(applied))
         self._options.set(settings.log.format, settings.log.level)
-        self.settings = settings
+        self.settings, self._files = settings, files
         return True
 
 
