@@ -36,7 +36,7 @@ from fluxmon.exitcodes import (
     EX_UNAVAILABLE,
 )
 from fluxmon.http import MetricsServer, format_address
-from fluxmon.logs import DROP_REASONS, LineWriter, LogSink, make_logger
+from fluxmon.logs import DROP_REASONS, LineWriter, LogOptions, LogSink, make_logger
 from fluxmon.metrics import (
     Buckets,
     JobMetrics,
@@ -47,6 +47,7 @@ from fluxmon.metrics import (
 )
 from fluxmon.pipeline import Pipeline
 from fluxmon.progress import BarStream, ReplayProgress, total_size
+from fluxmon.reload import ConfigFile, Reloader, ReloadThread
 from fluxmon.sdnotify import Notifier, watchdog_interval
 from fluxmon.sources import Source, SourceUnavailable
 from fluxmon.sources.replay import ReplaySource, UnreadableInput, format_event, open_input
@@ -72,6 +73,11 @@ class Parts:
     self_metrics: SelfMetrics
     log: FilteringBoundLogger
     writer: LineWriter
+    #: What a reload changes: the log's level and format, the sinks' options, the label cap.
+    log_options: LogOptions
+    log_sink: LogSink
+    metrics_sink: MetricsSink
+    cap: LabelCap
 
 
 def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
@@ -98,7 +104,8 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         on_full=settings.log.on_full,
         on_drop=lambda reason: dropped[reason].inc(),
     )
-    log = make_logger(writer, settings.log.format, settings.log.level)
+    options = LogOptions(settings.log.format, settings.log.level)
+    log = make_logger(writer, options=options)
 
     def recovered(counts: Mapping[str, int]) -> None:
         log.warning("log.records_dropped", count=sum(counts.values()), **counts)
@@ -118,7 +125,9 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         stall_seconds=settings.health.stall_seconds,
     )
     registry.register(SnapshotCollector(pipeline.snapshot))
-    return Parts(registry, tracker, pipeline, self_metrics, log, writer)
+    return Parts(
+        registry, tracker, pipeline, self_metrics, log, writer, options, log_sink, metrics_sink, cap
+    )
 
 
 def replay(
@@ -150,12 +159,15 @@ def replay(
         interval=progress_every,
     )
     source = ReplaySource(paths, progress=progress)
+    previous = _install_signals(None, signal.SIG_IGN)  # a batch job: nothing to reload
     parts.log.info("fluxmon.start", version=__version__, mode="replay", files=len(paths))
     try:
         source.run(parts.pipeline, threading.Event())
     except UnreadableInput as error:  # it went away since _unreadable looked
         print(error, file=err)
         return EX_NOINPUT
+    finally:
+        _restore_signals(previous)
     progress.finish()
     out.write(generate_latest(parts.registry).decode())
     out.flush()
@@ -258,7 +270,8 @@ def record(
     """Write a live instance's events in the replay format until SIGINT/SIGTERM or ``count``.
 
     SIGINT and SIGTERM set the stop flag; the source's reactor timer sees it and stops,
-    so every event read is written and flushed, and the exit status is 0. The log gets
+    so every event read is written and flushed, and the exit status is 0. SIGHUP only
+    logs ``config.reload_ignored``: the recording keeps its settings. The log gets
     ``record.progress`` every ``progress_every`` seconds and at the end, then
     ``fluxmon.stop`` with the same counts.
     """
@@ -273,7 +286,15 @@ def record(
             downstream.progress()
 
     reporter = threading.Thread(target=report, name="fluxmon-progress", daemon=True)
-    previous = _install_signals(stop)
+    hangups = ReloadThread(
+        lambda: log.info(
+            "config.reload_ignored",
+            reason="fluxmon record keeps the settings it started with; restart it to apply",
+        ),
+        log,
+    )
+    hangups.start()
+    previous = _install_signals(stop, hangups.request)
     reporter.start()
     try:
         source.run(downstream, stop)
@@ -284,6 +305,7 @@ def record(
         ended.set()
         reporter.join()
         _restore_signals(previous)
+        hangups.stop()
     downstream.progress()
     log.info("fluxmon.stop", events=downstream.events_written, jobs=downstream.jobs_finished)
     return EX_OK
@@ -300,12 +322,15 @@ def serve(
     clock: Callable[[], float] = time.time,
     on_listen: Callable[[tuple[str, int]], None] | None = None,
     err: TextIO | None = None,
+    config_file: ConfigFile | None = None,
 ) -> int:
     """Run ``source`` behind the HTTP endpoint until SIGTERM/SIGINT (or ``stop``).
 
     Log records go through the writer thread. When ``log_stream`` cannot be written
     (EPIPE, ENOSPC, closed), one line on ``err`` (default stderr) says why and the
-    daemon stops with 74.
+    daemon stops with 74. SIGHUP reads ``config_file`` again (default: ``settings.path``,
+    nothing pinned) and applies what can change live, on a thread of its own
+    (:mod:`fluxmon.reload`).
     """
     parts = build(settings, log_stream, clock=clock)
     parts.self_metrics.register_runtime_collectors()
@@ -348,7 +373,12 @@ def serve(
         on_listen((host, port))
     notifier = Notifier.from_environ(environ)
     interval = watchdog_interval(environ, os.getpid())
-    previous = _install_signals(stop)
+    reloader = Reloader(
+        config_file or ConfigFile(settings), _applier(parts, server), parts.log_options, log
+    )
+    hangups = ReloadThread(reloader.reload, log)
+    hangups.start()
+    previous = _install_signals(stop, hangups.request)
     crashed: list[BaseException] = []
 
     def run_source() -> None:
@@ -396,8 +426,9 @@ def serve(
         stop.set()
         writer.stop_blocking()  # a pipeline waiting for log room gives up: we are stopping
         thread.join(STOP_TIMEOUT)
-        server.stop()
         _restore_signals(previous)
+        hangups.stop(STOP_TIMEOUT)
+        server.stop()
         why = {"error": f"{type(crashed[0]).__name__}: {crashed[0]}"} if crashed else {}
         log.info(
             "fluxmon.stop",
@@ -415,6 +446,25 @@ def serve(
     return EX_OK
 
 
+def _applier(parts: Parts, server: MetricsServer) -> Callable[[Settings], list[str]]:
+    """A function that applies reloaded settings whole, or not at all.
+
+    The HTTP endpoint (which can fail) goes first, then the sinks' options and the label
+    cap; it returns the problems, ``[]`` when applied.
+    """
+
+    def apply(settings: Settings) -> list[str]:
+        problems = server.reload(settings.http)
+        if problems:
+            return problems
+        parts.cap.set_limit(settings.metrics.label_cap)
+        parts.metrics_sink.set_exemplars(settings.metrics.exemplars)
+        parts.log_sink.set_events(settings.log.events == "all")
+        return []
+
+    return apply
+
+
 def _status(pipeline: Pipeline, rate: float) -> str:
     state = "connected" if pipeline.is_connected else "disconnected"
     if pipeline.is_connected and not pipeline.is_ready:
@@ -425,14 +475,17 @@ def _status(pipeline: Pipeline, rate: float) -> str:
 _Handler = Callable[[int, FrameType | None], object] | int | None
 
 
-def _install_signals(stop: threading.Event) -> dict[int, _Handler]:
-    """SIGTERM and SIGINT set ``stop`` (only possible from the main thread)."""
+def _install_signals(stop: threading.Event | None, hangup: _Handler) -> dict[int, _Handler]:
+    """SIGTERM and SIGINT set ``stop`` (None: left alone); SIGHUP gets ``hangup``.
+
+    Only possible from the main thread; elsewhere nothing is installed.
+    """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous: dict[int, _Handler] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    return previous
+    handlers: dict[int, _Handler] = {signal.SIGHUP: hangup}
+    if stop is not None:
+        handlers[signal.SIGTERM] = handlers[signal.SIGINT] = lambda *_: stop.set()
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
 
 
 def _restore_signals(previous: Mapping[int, _Handler]) -> None:

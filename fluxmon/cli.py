@@ -188,11 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "record"):
         return _flux_command(args, settings)
     if args.command == "demo":
+        from fluxmon.reload import ConfigFile
         from fluxmon.sources.demo import DemoSource
 
         source = DemoSource(rate=args.rate, seed=args.seed)
         return app.serve(
-            _listening(settings, args.listen), source, mode="demo", log_stream=sys.stdout
+            _listening(settings, args.listen),
+            source,
+            mode="demo",
+            log_stream=sys.stdout,
+            config_file=ConfigFile(settings, {"http.listen": "--listen"}),
         )
     return ex.EX_USAGE  # pragma: no cover - argparse rejects unknown commands
 
@@ -207,6 +212,7 @@ def _listening(settings: Settings, listen: tuple[str, int] | None) -> Settings:
 def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     """``run`` and ``record``: the commands that need the Flux bindings."""
     from fluxmon import app
+    from fluxmon.reload import ConfigFile
     from fluxmon.sources.flux import (
         Checkpoint,
         FluxBindings,
@@ -250,11 +256,14 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
             return ex.EX_CANTCREAT
         with out:
             return app.record(source, settings, out, sys.stderr, count=args.count)
+    options = {"http.listen": "--listen", "flux.uri": "--uri"}
+    pinned = {key: opt for key, opt in options.items() if getattr(args, opt[2:]) is not None}
     return app.serve(
         _listening(settings, args.listen),
         lambda parts: source(parts.self_metrics, parts.log),
         mode="run",
         log_stream=sys.stdout,
+        config_file=ConfigFile(settings, pinned),
     )
 
 

@@ -754,3 +754,22 @@ def check_config_main(path: str, out: TextIO, err: TextIO) -> int:
         return EX_CONFIG
     print(f"OK: {path}", file=out)
     return EX_OK
+
+
+def setting_keys() -> dict[str, tuple[str, str]]:
+    """Every key a config file can set, dotted (``metrics.buckets.wait``): its (section, field).
+
+    ``getattr(getattr(settings, section), field)`` is the key's value in a :class:`Settings`.
+    """
+    keys: dict[str, tuple[str, str]] = {}
+
+    def add(section: str, prefix: str, nodes: Mapping[str, _Node]) -> None:
+        for name, node in nodes.items():
+            if isinstance(node, _Key | _MapOf):
+                keys[prefix + name] = (section, node.field)
+            else:
+                add(section, f"{prefix}{name}.", node)
+
+    for name, section in _SECTIONS.items():
+        add(name, f"{name}.", section.keys)
+    return keys

@@ -331,7 +331,7 @@ class LineWriter:
             return len(self._queue)
 
 
-def _classified(renderer: Callable[..., str | bytes]) -> structlog.typing.Processor:
+def _classified(renderer: Callable[..., Any]) -> structlog.typing.Processor:
     """The renderer, also telling :class:`LineWriter` which kind of record each line is.
 
     A ``job.event`` line goes on as a plain string (the hot path); any other comes as
@@ -342,7 +342,7 @@ def _classified(renderer: Callable[..., str | bytes]) -> structlog.typing.Proces
         logger: object, name: str, event_dict: MutableMapping[str, Any]
     ) -> str | bytes | tuple[Any, ...]:
         msg = event_dict.get("msg")
-        line = renderer(logger, name, event_dict)
+        line: str | bytes = renderer(logger, name, event_dict)
         if msg == "job.event":
             return line
         return (line,), {"kind": JOB_FINISHED if msg == "job.finished" else OTHER_RECORD}
@@ -350,19 +350,67 @@ def _classified(renderer: Callable[..., str | bytes]) -> structlog.typing.Proces
     return render
 
 
-def make_logger(
-    stream: TextIO | LineWriter, fmt: LogFormat = "logfmt", level: LogLevel = "info"
-) -> FilteringBoundLogger:
-    """A logger writing one ``ts level msg ...`` record per line to ``stream``."""
-    renderer: Callable[..., str | bytes]
+#: The level of each logger method (``exception`` logs at error).
+_LEVELS: Final = {
+    **{name.lower(): number for name, number in logging.getLevelNamesMapping().items()},
+    "exception": logging.ERROR,
+}
+
+
+def _renderer(fmt: LogFormat) -> structlog.typing.Processor:
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(sort_keys=False)
-    else:
-        renderer = render_logfmt
+        return structlog.processors.JSONRenderer(sort_keys=False)
+    return render_logfmt
+
+
+class LogOptions:
+    """A logger's level and format, which a reload (SIGHUP) changes while records flow.
+
+    Both live in one tuple replaced by one store, so a record written during a change
+    is filtered and rendered wholly by the old options or wholly by the new ones.
+    """
+
+    _now: tuple[int, structlog.typing.Processor]
+
+    def __init__(self, fmt: LogFormat = "logfmt", level: LogLevel = "info") -> None:
+        self.set(fmt, level)
+
+    def set(self, fmt: LogFormat, level: LogLevel) -> None:
+        """Use ``fmt`` and ``level`` from the next record on."""
+        self._now = (_LEVELS[level], _renderer(fmt))
+
+    def drop_below_level(
+        self, _logger: object, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """The first processor: drop a record below the level."""
+        if _LEVELS.get(method, logging.CRITICAL) < self._now[0]:
+            raise structlog.DropEvent
+        return event_dict
+
+    def render(self, logger: object, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        """The last processor: render in the format."""
+        return self._now[1](logger, method, event_dict)
+
+
+def make_logger(
+    stream: TextIO | LineWriter,
+    fmt: LogFormat = "logfmt",
+    level: LogLevel = "info",
+    *,
+    options: LogOptions | None = None,
+) -> FilteringBoundLogger:
+    """A logger writing one ``ts level msg ...`` record per line to ``stream``.
+
+    With ``options``, its level and format are those (``fmt`` and ``level`` unused) and
+    follow :meth:`LogOptions.set`.
+    """
+    renderer = _renderer(fmt) if options is None else options.render
+    first = [] if options is None else [options.drop_below_level]
     writer = stream if isinstance(stream, LineWriter) else LineWriter(stream)
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         writer,
         processors=[
+            *first,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.EventRenamer("msg"),
@@ -370,7 +418,7 @@ def make_logger(
             _classified(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
+            logging.getLevelNamesMapping()["DEBUG" if options else level.upper()]
         ),
         cache_logger_on_first_use=True,
     )
@@ -438,6 +486,10 @@ class LogSink(NullSink):
     def __init__(self, log: FilteringBoundLogger, *, events: bool = True) -> None:
         self._log = log
         self._events = events
+
+    def set_events(self, on: bool) -> None:
+        """Turn ``job.event`` records on or off from the next event (a reload)."""
+        self._events = on
 
     def job_event(self, job: Job, event: JobEvent) -> None:
         """One ``job.event`` record per event (unless per-event logs are off)."""

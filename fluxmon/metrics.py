@@ -109,6 +109,15 @@ class LabelCap:
         for label in CAPPED_LABELS:
             overflow.labels(label)
 
+    def set_limit(self, limit: int) -> None:
+        """Change the cap from the next new value on (a reload).
+
+        Values already admitted keep their series; raising it admits values that were
+        becoming ``other``; lowering it below the number held admits no new value. One
+        store, read once per unseen value, so it needs no lock.
+        """
+        self.limit = limit
+
     def __call__(self, label: str, value: str) -> str:
         """Return ``value`` if it is known or there is room for it, else ``other``."""
         seen = self._seen[label]
@@ -422,6 +431,10 @@ class MetricsSink(NullSink):
         if capped == name:
             qs.events[key] = child
         return child
+
+    def set_exemplars(self, on: bool) -> None:
+        """Attach exemplars, or not, from the next observation on (a reload)."""
+        self._exemplars = on
 
     def _exemplar(self, job: Job) -> dict[str, str] | None:
         return {"jobid": job.f58} if self._exemplars else None
