@@ -343,7 +343,7 @@ def daemon(tmp_path: Path, on_full: str) -> Iterator[Daemon]:
     proc = subprocess.Popen(
         [*FLUXMON, "demo", "-c", str(config), "--listen", "127.0.0.1:0", "--rate", "50"],
         stdout=write,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "stderr.txt").open("wb"),
         env=env,
     )
     os.close(write)
@@ -360,8 +360,6 @@ def daemon(tmp_path: Path, on_full: str) -> Iterator[Daemon]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(30)
-        assert proc.stderr is not None
-        proc.stderr.close()
         os.close(read)
         notify.close()
 
@@ -386,7 +384,8 @@ def test_unread_stdout_with_block_policy_fails_health_then_recovers(tmp_path: Pa
             return body if status == 503 else None
 
         body = eventually(unhealthy)
-        assert re.fullmatch(r"event loop stalled for \d+\.\d s \(bound 2 s\)\n", body)
+        stderr = (tmp_path / "stderr.txt").read_text(errors="replace")
+        assert re.fullmatch(r"event loop stalled for \d+\.\d s \(bound 2 s\)\n", body), stderr
         # Pings stop once the health loop has seen the stall (STATUS=unhealthy: ...).
         eventually(
             lambda: any(m.get("STATUS", "").startswith("unhealthy") for m in d.notifications())
