@@ -394,8 +394,8 @@ def serve(
             stop.set()
 
     thread = threading.Thread(target=run_source, name="fluxmon-source", daemon=True)
-    pipeline.source_thread = thread
     thread.start()
+    pipeline.source_thread = thread  # once started: is_alive() is False until then
     tick = min(interval, 1.0) if interval else 1.0
     sent_ready = False
     last_status = 0.0

@@ -229,7 +229,9 @@ class Pipeline:
         callback) stops beating, and after ``stall_seconds`` this says for how long.
         """
         thread = self.source_thread
-        if thread is not None and not thread.is_alive():
+        # A thread not started yet (ident None) is not a stopped one: the daemon answers
+        # probes before it starts its source.
+        if thread is not None and thread.ident is not None and not thread.is_alive():
             return False, "the event source thread has stopped"
         late = self._monotonic() - self._deadline
         if late > 0:

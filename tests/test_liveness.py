@@ -277,3 +277,14 @@ def receive_until_silent(sock: socket.socket) -> Iterator[dict[str, str]]:
             yield receive(sock)
         except TimeoutError:
             return
+
+
+def test_a_source_thread_not_started_yet_is_not_called_stopped() -> None:
+    """Probes answered before the source thread starts see its heartbeat, not "stopped"."""
+    parts = pipeline_parts(Clock())
+    thread = threading.Thread(target=lambda: None)
+    parts.pipeline.source_thread = thread
+    assert parts.pipeline.liveness() == (True, "ok")
+    thread.start()
+    thread.join()
+    assert parts.pipeline.liveness() == (False, "the event source thread has stopped")
