@@ -168,7 +168,17 @@ def test_metrics_gzip_when_accepted(server: MetricsServer) -> None:
     assert reply.status == 200
     assert reply.headers["Content-Encoding"] == "gzip"
     assert int(reply.headers["Content-Length"]) == len(reply.body)
-    assert gzip.decompress(reply.body) == plain
+    # Open connections may differ between the two scrapes (the first one's close can be
+    # counted after the second arrives); everything else is the same exposition.
+    assert _without_connections(gzip.decompress(reply.body)) == _without_connections(plain)
+
+
+def _without_connections(exposition: bytes) -> list[bytes]:
+    return [
+        line
+        for line in exposition.splitlines()
+        if not line.startswith(b"fluxmon_http_connections ")
+    ]
 
 
 @pytest.mark.parametrize(
