@@ -233,7 +233,8 @@ class RecordDownstream:
 
     def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """Log the connection."""
-        self._log.info("source.connected", detail=detail, flux_version=flux_version)
+        version = {} if flux_version is None else {"flux_version": flux_version}
+        self._log.info("source.connected", detail=detail, **version)
 
     def disconnected(self, error: str) -> None:
         """Log the disconnection."""

@@ -145,7 +145,8 @@ class Pipeline:
         self._connected = True
         self._self.connected.set(1)
         with self._records():
-            self._log.info("source.connected", detail=detail, flux_version=flux_version)
+            version = {} if flux_version is None else {"flux_version": flux_version}
+            self._log.info("source.connected", detail=detail, **version)
 
     def disconnected(self, error: str) -> None:
         """Mark the stream down (and not ready) and log why."""
