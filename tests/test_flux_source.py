@@ -947,9 +947,62 @@ def test_unreadable_checkpoint_is_logged_and_ignored(tmp_path: Path) -> None:
     run = run_source(scenario_broker())
     stream = io.StringIO()
     log = build(make_settings(), stream, clock=None).log
-    assert Checkpoint(tmp_path).load(log) == (0.0, 0.0)
-    assert "checkpoint.unreadable" in stream.getvalue()
+    assert Checkpoint(tmp_path).load(log, time.time()) == (0.0, 0.0)
+    assert "checkpoint.invalid" in stream.getvalue()
     assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+NOW = 1_796_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param('{"since": true}', "format version None", id="bool-no-version"),
+        pytest.param('{"since": 1}', "format version None", id="int-no-version"),
+        pytest.param(
+            '{"version": 1, "since": true, "exec_since": 0.0}', "since is true", id="bool"
+        ),
+        pytest.param('{"version": 1, "since": 1, "exec_since": 0.0}', "since is 1,", id="int"),
+        pytest.param('{"version": 2, "since": 5.0, "exec_since": 0.0}', "version 2", id="v2"),
+        pytest.param('{"version": 1, "since": 5.0}', "exec_since is null", id="missing"),
+        pytest.param('{"version": 1, "since": NaN, "exec_since": 0.0}', "not a finite", id="nan"),
+        pytest.param('{"version": 1, "since": 0.0, "exec_since": 0.0}', "since is 0", id="zero"),
+        pytest.param('{"version": 1, "since": -5.0, "exec_since": 0.0}', ">= 0", id="negative"),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW + 3600.0}, "exec_since": 0.0}}',
+            "since is 3600 s in the future",
+            id="future",
+        ),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": {NOW + 1e6}}}',
+            "exec_since is 1000000 s in the future",
+            id="exec-future",
+        ),
+        pytest.param("[1795880016.5, 0.0]", "not a JSON object but list", id="list"),
+        pytest.param("[" * 100_000, "", id="deep"),
+    ],
+)
+def test_a_checkpoint_fluxmon_did_not_write_is_not_trusted(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    """A checkpoint off in version, type, range or time is named with its problem and ignored."""
+    (tmp_path / "fluxmon.checkpoint.json").write_text(content)
+    stream = io.StringIO()
+    log = build(make_settings(), stream, clock=None).log
+    assert Checkpoint(tmp_path).load(log, NOW) == (0.0, 0.0)
+    [record] = parse_log(stream.getvalue())
+    assert record["msg"] == "checkpoint.invalid"
+    assert record["path"] == str(tmp_path / "fluxmon.checkpoint.json")
+    assert problem in record["error"]
+
+
+def test_a_checkpoint_within_the_skew_and_written_by_save_is_trusted(tmp_path: Path) -> None:
+    """What save writes loads back, including timestamps a little ahead of this host's clock."""
+    log = build(make_settings(), io.StringIO(), clock=None).log
+    Checkpoint(tmp_path).save(NOW + 60.0, NOW - 1.5, log)
+    assert json.loads((tmp_path / "fluxmon.checkpoint.json").read_text())["version"] == 1
+    assert Checkpoint(tmp_path).load(log, NOW) == (NOW + 60.0, NOW - 1.5)
 
 
 def test_foreign_job_refused_once_while_it_stays_listed() -> None:

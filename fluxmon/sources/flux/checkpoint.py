@@ -6,11 +6,53 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from structlog.typing import FilteringBoundLogger
 
 CHECKPOINT_FILE: Final = "fluxmon.checkpoint.json"
+#: The ``version`` this fluxmon writes and the only one it trusts.
+FORMAT_VERSION: Final = 1
+#: Seconds a checkpoint's timestamps may lie ahead of this host's clock (clock skew
+#: between this host and the broker's); further ahead, the file is not trusted.
+MAX_SKEW: Final = 300.0
+
+
+class InvalidCheckpoint(ValueError):
+    """A checkpoint file that fluxmon did not write as it stands."""
+
+
+def parse(data: Any, now: float) -> tuple[float, float]:
+    """``(since, exec_since)`` of a decoded checkpoint, or :class:`InvalidCheckpoint`.
+
+    Trusted only as fluxmon writes it: an object with ``version`` 1 and ``since`` and
+    ``exec_since`` floats (never booleans or integers), finite, ``since`` positive, and
+    none more than :data:`MAX_SKEW` seconds ahead of ``now`` (wall clock).
+    """
+    if not isinstance(data, dict):
+        raise InvalidCheckpoint(f"not a JSON object but {type(data).__name__}")
+    version = data.get("version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise InvalidCheckpoint(
+            f"format version {version!r}, not {FORMAT_VERSION} (not written by this fluxmon)"
+        )
+    times = []
+    for key in ("since", "exec_since"):
+        value = data.get(key)
+        if type(value) is not float:
+            raise InvalidCheckpoint(
+                f"{key} is {json.dumps(value)}, not a timestamp in seconds with a fraction"
+            )
+        if not math.isfinite(value) or value < 0:
+            raise InvalidCheckpoint(f"{key} is {value}, not a finite timestamp >= 0")
+        if value > now + MAX_SKEW:
+            raise InvalidCheckpoint(
+                f"{key} is {value - now:.0f} s in the future (more than {MAX_SKEW:g} s of skew)"
+            )
+        times.append(value)
+    if times[0] <= 0:
+        raise InvalidCheckpoint("since is 0: fluxmon never writes a checkpoint before an event")
+    return times[0], times[1]
 
 
 class Checkpoint:
@@ -25,29 +67,46 @@ class Checkpoint:
         self._written: tuple[float, float] | None = None
         self._warned = False
 
-    def load(self, log: FilteringBoundLogger) -> tuple[float, float]:
-        """(since, exec_since) from the file; (0, 0) when absent or unreadable (logged)."""
+    def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
+        """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
+
+        An unreadable file (``checkpoint.unreadable``) or one that is not what fluxmon
+        writes (``checkpoint.invalid``, see :func:`parse`) is logged and ignored: the
+        safe choice is to rebuild state from the broker's history silently, so nothing
+        is counted twice (what happened while fluxmon was down is then not counted).
+        """
         try:
-            data = json.loads(self.path.read_text())
-            since, exec_since = float(data["since"]), float(data.get("exec_since", 0.0))
-            if not (math.isfinite(since) and math.isfinite(exec_since)):
-                raise ValueError("not finite")
+            text = self.path.read_text()
         except FileNotFoundError:
             return 0.0, 0.0
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, UnicodeDecodeError) as err:
             log.warning("checkpoint.unreadable", path=str(self.path), error=str(err))
+            return 0.0, 0.0
+        try:
+            since, exec_since = parse(json.loads(text), now)
+        except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
+            log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
         self._written = (since, exec_since)
         return since, exec_since
 
     def save(self, since: float, exec_since: float, log: FilteringBoundLogger) -> None:
-        """Write atomically (temporary file, then rename), only when it changed."""
+        """Write durably, only when it changed: a temporary file, fsync, rename, fsync."""
         if since <= 0 or self._written == (since, exec_since):
             return
         tmp = self.path.with_suffix(".tmp")
+        data = {"version": FORMAT_VERSION, "since": float(since), "exec_since": float(exec_since)}
         try:
-            tmp.write_text(json.dumps({"since": since, "exec_since": exec_since}) + "\n")
+            with tmp.open("w") as file:
+                file.write(json.dumps(data) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(tmp, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         except OSError as err:
             if not self._warned:
                 self._warned = True

@@ -65,7 +65,7 @@ class FluxSource:
         """Resume from the checkpoint, if there is one with a timestamp in it."""
         if self.checkpoint is None:
             return
-        since, exec_since = self.checkpoint.load(self.log)
+        since, exec_since = self.checkpoint.load(self.log, self.clock())
         if since > 0:
             self.memory.since, self.memory.exec_since = since, exec_since
             self._next_start = Start.RESUMED
