@@ -235,10 +235,20 @@ class LineWriter:
             if self.failure is not None:
                 return
             try:
-                self._stream.write("\n".join([line for line, _ in entries]) + "\n")
+                self._stream.write(self._encodable("\n".join([line for line, _ in entries]) + "\n"))
                 self._stream.flush()
             except (OSError, ValueError) as error:  # later records are discarded
                 self.failure = _describe(self._stream, error)
+
+    def _encodable(self, text: str) -> str:
+        r"""``text`` with what the stream's encoding cannot write escaped (``\udc80``)."""
+        if text.isascii():
+            return text
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        try:
+            return text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:  # an encoding name Python does not know: keep the text
+            return text
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -263,7 +273,7 @@ class LineWriter:
     def _write(self, text: str) -> None:
         fd = self._fd
         if fd is None:
-            self._stream.write(text)
+            self._stream.write(self._encodable(text))
             self._stream.flush()
             return
         # Straight to the file descriptor: a write blocked in the kernel holds no Python
