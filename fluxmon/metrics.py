@@ -36,7 +36,15 @@ from prometheus_client.registry import Collector
 
 from fluxmon import __version__
 from fluxmon.config import MetricsSettings
-from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
+from fluxmon.events import (
+    DEFAULT_QUEUE,
+    EVENTLOG_LABEL,
+    MAIN,
+    METRIC_STATES,
+    RESULTS,
+    JobEvent,
+    JobState,
+)
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 OTHER: Final = "other"
@@ -135,7 +143,8 @@ BUILTIN_DECLARED: Final[Mapping[str, frozenset[str]]] = {
     # 128 + SIGKILL, SIGALRM (timeout), SIGTERM (shell task.c); -SIGKILL and -SIGTERM (the
     # shell itself killed by job-exec's term and kill signals).
     "returncode": frozenset({"0", "1", "126", "127", "137", "142", "143", "-9", "-15", "-128"}),
-    "queue": frozenset(),
+    # The queue label of jobs that name no queue (fluxmon's own value).
+    "queue": frozenset({DEFAULT_QUEUE}),
 }
 
 
