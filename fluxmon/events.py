@@ -265,11 +265,19 @@ def entry_event(
         raise InvalidEvent(f"missing key {err} (required: name, timestamp)") from None
     except (TypeError, AttributeError):
         raise InvalidEvent(f"an eventlog entry must be an object, not {shown(entry)}") from None
-    name = check_text(name, "name")
-    ts = check_timestamp(timestamp)
-    context = _object(context, "context") or EMPTY_CONTEXT
-    jobspec = _object(jobspec, "jobspec")
-    R = _object(R, "R")
+    # Fast paths first (this runs once per event); the check_* calls say what is wrong.
+    if type(name) is not str or not name or not name.isascii():
+        name = check_text(name, "name")
+    if type(timestamp) is float and timestamp - timestamp == 0.0:  # finite: not inf, nan
+        ts = timestamp
+    else:
+        ts = check_timestamp(timestamp)
+    if type(context) is not dict:
+        context = _object(context, "context") or EMPTY_CONTEXT
+    if jobspec is not None and type(jobspec) is not dict:
+        jobspec = _object(jobspec, "jobspec")
+    if R is not None and type(R) is not dict:
+        R = _object(R, "R")
     if walk:
         check_tree(context, "context")
         if jobspec is not None:
@@ -283,11 +291,12 @@ def needs_walk(raw: bytes | str) -> bool:
     r"""Whether a decoded line could fail :func:`check_tree`.
 
     It could when it has more brackets than :data:`MAX_DEPTH` (a bound on its depth) or a
-    ``\u`` escape of a surrogate (the only way a lone surrogate gets through strict UTF-8
-    decoding). Non-finite numbers are refused by :func:`decode_json` itself.
+    ``\u`` escape: a lone surrogate gets through strict UTF-8 decoding only as one, and
+    other escapes are rare, so the walk they cost is too. Non-finite numbers are refused
+    by :func:`decode_json` itself.
     """
     if isinstance(raw, str):
         if not raw.isascii():
             return True
         raw = raw.encode()
-    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH or b"\\ud" in raw or b"\\uD" in raw
+    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH or b"\\u" in raw
