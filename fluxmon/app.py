@@ -44,6 +44,7 @@ from fluxmon.metrics import (
     MetricsSink,
     SelfMetrics,
     SnapshotCollector,
+    declared_by,
 )
 from fluxmon.pipeline import Pipeline
 from fluxmon.progress import BarStream, ReplayProgress, total_size
@@ -111,7 +112,7 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         log.warning("log.records_dropped", count=sum(counts.values()), **counts)
 
     writer.on_recovered = recovered
-    cap = LabelCap(m.label_cap, self_metrics.label_overflow)
+    cap = LabelCap(m.label_cap, self_metrics.label_overflow, declared_by(m))
     metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
     log_sink = LogSink(log, events=settings.log.events == "all")
     tracker = Tracker([metrics_sink, log_sink])
@@ -459,6 +460,7 @@ def _applier(parts: Parts, server: MetricsServer) -> Callable[[Settings], list[s
         if problems:
             return problems
         parts.cap.set_limit(settings.metrics.label_cap)
+        parts.cap.declare("config", declared_by(settings.metrics))
         parts.metrics_sink.set_exemplars(settings.metrics.exemplars)
         parts.log_sink.set_events(settings.log.events == "all")
         return []

@@ -107,6 +107,11 @@ class MetricsSettings:
     ratio_buckets: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
     label_cap: int = 50
     exemplars: bool = True
+    #: Label values the operator declares: they keep their own series, outside the cap.
+    queues: tuple[str, ...] = ()
+    declared_names: tuple[str, ...] = ()
+    declared_types: tuple[str, ...] = ()
+    declared_returncodes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,44 @@ def _buckets(value: object, _base: Path) -> tuple[float, ...]:
         if cur <= prev:
             raise _Invalid(f"must increase strictly ({prev} then {cur})")
     return bounds
+
+
+#: Most values a declared list may hold.
+MAX_DECLARED: Final = 10000
+#: The label value of what is past the cap: declaring it would hide the overflow.
+_OVERFLOW_LABEL: Final = "other"
+
+
+def _declared_list(value: object) -> list[object]:
+    """An array of at most MAX_DECLARED values."""
+    if not isinstance(value, list):
+        raise _wrong_type("an array", value)
+    if len(value) > MAX_DECLARED:
+        raise _Invalid(f"{len(value)} values, more than {MAX_DECLARED}")
+    return value
+
+
+def _label_values(value: object, _base: Path) -> tuple[str, ...]:
+    """Return declared label values: an array of non-empty strings, none of them "other"."""
+    texts = []
+    for item in _declared_list(value):
+        text = _as_str(item)
+        if text == _OVERFLOW_LABEL:
+            raise _Invalid(f'"{_OVERFLOW_LABEL}" is the label value of what is past the cap')
+        texts.append(text)
+    return tuple(dict.fromkeys(texts))
+
+
+def _returncodes(value: object, _base: Path) -> tuple[int, ...]:
+    """Return declared return codes: an array of integers from -128 to 255."""
+    codes = []
+    for item in _declared_list(value):
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise _wrong_type("an integer", item)
+        if not -128 <= item <= 255:
+            raise _Invalid(f"{item} is out of range")
+        codes.append(item)
+    return tuple(dict.fromkeys(codes))
 
 
 def _flux_uri(value: object, _base: Path) -> str:
@@ -513,6 +556,7 @@ _SECONDS = "a number of seconds > 0"
 _CERT = "path to a PEM certificate file"
 _KEY = "path to the PEM private key of tls_cert"
 _CA = "path to a PEM CA file"
+_LABELS = f'an array of non-empty strings other than "other", at most {MAX_DECLARED}'
 _BUCKETS = "a non-empty array of finite numbers > 0, strictly increasing"
 
 _SECTIONS: Mapping[str, _Section] = {
@@ -570,6 +614,14 @@ _SECTIONS: Mapping[str, _Section] = {
         {
             "label_cap": _Key("label_cap", _int_range(1, 10000), "an integer from 1 to 10000"),
             "exemplars": _Key("exemplars", _as_bool, "true, false"),
+            "queues": _Key("queues", _label_values, _LABELS),
+            "declared": {
+                "name": _Key("declared_names", _label_values, _LABELS),
+                "type": _Key("declared_types", _label_values, _LABELS),
+                "returncode": _Key(
+                    "declared_returncodes", _returncodes, "an array of integers from -128 to 255"
+                ),
+            },
             "buckets": {
                 "wait": _Key("wait_buckets", _buckets, _BUCKETS),
                 "runtime": _Key("runtime_buckets", _buckets, _BUCKETS),

@@ -5,9 +5,12 @@ Everything downstream of a source (tracker, sinks) sees only :class:`JobEvent`.
 
 from __future__ import annotations
 
+import json
+import math
+import reprlib
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, NoReturn
 
 #: Eventlog paths as Flux names them (RFC 21 main eventlog, exec system eventlog).
 MAIN: Final = "eventlog"
@@ -105,3 +108,195 @@ def parse_jobid(value: object) -> int:
                     number = number * 58 + digit
                 return parse_jobid(number)
     raise ValueError(f"jobid must be an integer or an f58 string like 'f2ZMTeo5R', not {value!r}")
+
+
+# --- hostile input: what every source checks before an entry becomes a JobEvent ----------
+
+#: Deepest nesting accepted in an event's context, jobspec or R (the value itself is 1).
+MAX_DEPTH: Final = 64
+#: Longest replay line accepted, in bytes (its newline not counted).
+MAX_LINE_BYTES: Final = 1 << 20
+
+
+class InvalidEvent(ValueError):
+    """Input that is not an event fluxmon accepts; the message says what is wrong."""
+
+
+_short: Final = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+def shown(value: object) -> str:
+    """A short ``repr`` of hostile input that cannot raise: depth, length and size bounded."""
+    try:
+        return _short.repr(value)
+    except Exception:  # a repr that raises is itself hostile input: name its type only
+        return f"<{type(value).__name__}>"
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise InvalidEvent(f"{name} is not a finite number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidEvent(f"number {shown(text)} is out of range (not a finite float)")
+    return value
+
+
+_decode: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Decode one JSON document, or raise :class:`InvalidEvent` saying why it is refused.
+
+    Refused: bytes that are not UTF-8, text that is not JSON, ``NaN``/``Infinity`` and
+    floats past the float range, integers past Python's digit limit, nesting too deep for
+    the decoder (:data:`MAX_DEPTH` is checked on the result by :func:`check_tree`).
+    """
+    try:
+        # Decoding first skips json's per-call encoding detection on bytes.
+        return _decode(data.decode() if isinstance(data, bytes) else data)
+    except InvalidEvent:
+        raise
+    except RecursionError:
+        raise InvalidEvent(f"not JSON fluxmon accepts: nested deeper than {MAX_DEPTH}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        raise InvalidEvent(f"not JSON: {err}") from None
+
+
+def _not_utf8(text: str, what: str) -> None:
+    """Raise InvalidEvent if ``text`` cannot be written as UTF-8 (a lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as err:
+        raise InvalidEvent(
+            f"{what} is not valid UTF-8 text ({text[err.start]!r} at {err.start})"
+        ) from None
+
+
+def check_text(value: object, what: str) -> str:
+    """A non-empty string that is valid UTF-8 text, or InvalidEvent naming ``what``."""
+    if type(value) is not str or not value:
+        raise InvalidEvent(f"{what} must be a non-empty string, not {shown(value)}")
+    if not value.isascii():
+        _not_utf8(value, what)
+    return value
+
+
+def check_timestamp(value: object) -> float:
+    """A finite timestamp as a float (an int must fit a float), or InvalidEvent."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"timestamp must be a number, not {shown(value)}")
+    try:
+        ts = float(value)
+    except OverflowError:  # an int past the float range
+        ts = math.inf
+    if not math.isfinite(ts):
+        raise InvalidEvent(f"timestamp {shown(value)} is out of range (must be a finite float)")
+    return ts
+
+
+def check_tree(value: object, what: str) -> None:
+    """Refuse (InvalidEvent) a JSON value too deep, or with a number or string JSON has not.
+
+    That is: nested deeper than :data:`MAX_DEPTH`, a non-finite float, a string (or key)
+    that is not UTF-8, anything not JSON. Iterative, so no depth makes it recurse.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        kind = type(node)
+        if isinstance(node, str):
+            if not node.isascii():
+                _not_utf8(node, what)
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise InvalidEvent(f"{what} holds {node!r}, not a finite number")
+        elif node is None or isinstance(node, int):
+            pass
+        elif isinstance(node, Mapping | list | tuple):
+            if depth > MAX_DEPTH:
+                raise InvalidEvent(f"{what} is nested deeper than {MAX_DEPTH}")
+            if isinstance(node, Mapping):
+                for key, item in node.items():
+                    if type(key) is not str:
+                        raise InvalidEvent(f"{what} has a key that is not a string: {shown(key)}")
+                    if not key.isascii():
+                        _not_utf8(key, what)
+                    push((item, depth + 1))
+            else:
+                for item in node:
+                    push((item, depth + 1))
+        else:
+            raise InvalidEvent(f"{what} holds a {kind.__name__}, which is not JSON")
+
+
+def _object(value: object, what: str) -> Mapping[str, Any] | None:
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise InvalidEvent(f"{what} must be an object, not {type(value).__name__}")
+
+
+def entry_event(
+    jobid: int,
+    eventlog: str,
+    entry: Mapping[str, Any],
+    jobspec: object = None,
+    R: object = None,
+    *,
+    walk: bool = True,
+) -> JobEvent:
+    """The JobEvent of one eventlog entry, or InvalidEvent saying why it is not one.
+
+    The entry has ``name``, ``timestamp`` and ``context``; ``jobspec`` and ``R`` came with
+    it. Every source checks its entries here. ``walk=False`` skips :func:`check_tree` on the
+    context, jobspec and R: only for a caller that knows from the raw text that they cannot
+    fail it (see :func:`needs_walk`).
+    """
+    try:
+        name = entry["name"]
+        timestamp = entry["timestamp"]
+        context = entry.get("context")
+    except KeyError as err:
+        raise InvalidEvent(f"missing key {err} (required: name, timestamp)") from None
+    except (TypeError, AttributeError):
+        raise InvalidEvent(f"an eventlog entry must be an object, not {shown(entry)}") from None
+    # Fast paths first (this runs once per event); the check_* calls say what is wrong.
+    if type(name) is not str or not name or not name.isascii():
+        name = check_text(name, "name")
+    if type(timestamp) is float and timestamp - timestamp == 0.0:  # finite: not inf, nan
+        ts = timestamp
+    else:
+        ts = check_timestamp(timestamp)
+    if type(context) is not dict:
+        context = _object(context, "context") or EMPTY_CONTEXT
+    if jobspec is not None and type(jobspec) is not dict:
+        jobspec = _object(jobspec, "jobspec")
+    if R is not None and type(R) is not dict:
+        R = _object(R, "R")
+    if walk:
+        check_tree(context, "context")
+        if jobspec is not None:
+            check_tree(jobspec, "jobspec")
+        if R is not None:
+            check_tree(R, "R")
+    return JobEvent(jobid, eventlog, name, ts, context, jobspec, R)
+
+
+def needs_walk(raw: bytes | str) -> bool:
+    r"""Whether a decoded line could fail :func:`check_tree`.
+
+    It could when it has more brackets than :data:`MAX_DEPTH` (a bound on its depth) or a
+    ``\u`` escape: a lone surrogate gets through strict UTF-8 decoding only as one, and
+    other escapes are rare, so the walk they cost is too. Non-finite numbers are refused
+    by :func:`decode_json` itself.
+    """
+    if isinstance(raw, str):
+        if not raw.isascii():
+            return True
+        raw = raw.encode()
+    return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH or b"\\u" in raw

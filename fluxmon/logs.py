@@ -21,7 +21,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.config import LogFormat, LogLevel, LogOnFull
-from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58
+from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58, shown
 from fluxmon.tracker import Job, NullSink
 
 _KEY_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -52,8 +52,16 @@ def _logfmt_value(value: object) -> str:
         return ""
     if kind is bool:
         return "true" if value else "false"
-    text = str(value)
+    text = _text(value)
     return text if _needs_quotes(text) is None else _quoted(text)
+
+
+def _text(value: object) -> str:
+    """``str(value)``, or a stand-in when even that raises (a hostile or broken object)."""
+    try:
+        return str(value)
+    except Exception:
+        return shown(value)
 
 
 def render_logfmt(_logger: object, _name: str, event_dict: MutableMapping[str, Any]) -> str:
@@ -227,10 +235,20 @@ class LineWriter:
             if self.failure is not None:
                 return
             try:
-                self._stream.write("\n".join([line for line, _ in entries]) + "\n")
+                self._stream.write(self._encodable("\n".join([line for line, _ in entries]) + "\n"))
                 self._stream.flush()
             except (OSError, ValueError) as error:  # later records are discarded
                 self.failure = _describe(self._stream, error)
+
+    def _encodable(self, text: str) -> str:
+        r"""``text`` with what the stream's encoding cannot write escaped (``\udc80``)."""
+        if text.isascii():
+            return text
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        try:
+            return text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:  # an encoding name Python does not know: keep the text
+            return text
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -255,7 +273,7 @@ class LineWriter:
     def _write(self, text: str) -> None:
         fd = self._fd
         if fd is None:
-            self._stream.write(text)
+            self._stream.write(self._encodable(text))
             self._stream.flush()
             return
         # Straight to the file descriptor: a write blocked in the kernel holds no Python
@@ -357,9 +375,29 @@ _LEVELS: Final = {
 }
 
 
+def _json_record(event_dict: Mapping[str, Any], **_: object) -> str:
+    r"""One JSON record; never raises: a value JSON cannot hold is written as text.
+
+    Strings that are not UTF-8 (a lone surrogate) come out as ``\ud800`` escapes
+    (``ensure_ascii``), unknown objects as their ``str``, and a value that still fails
+    (nesting past the recursion limit, NaN, a cycle) as a short ``repr``.
+    """
+    try:
+        return json.dumps(event_dict, default=_json_default, allow_nan=False)
+    except Exception:  # rare: rebuild the record value by value
+        safe: dict[str, object] = {}
+        for key, value in event_dict.items():
+            try:
+                json.dumps(value, default=_json_default, allow_nan=False)
+                safe[_text(key)] = value
+            except Exception:
+                safe[_text(key)] = shown(value)
+        return json.dumps(safe, default=_json_default, allow_nan=False)
+
+
 def _renderer(fmt: LogFormat) -> structlog.typing.Processor:
     if fmt == "json":
-        return structlog.processors.JSONRenderer(sort_keys=False)
+        return structlog.processors.JSONRenderer(serializer=_json_record)
     return render_logfmt
 
 
@@ -426,17 +464,17 @@ def make_logger(
 
 def _json_default(value: object) -> object:
     """What JSON cannot encode directly: read-only mappings as objects, the rest as text."""
-    return dict(value) if isinstance(value, Mapping) else str(value)
+    return dict(value) if isinstance(value, Mapping) else _text(value)
 
 
 def _scalar(value: object) -> object:
-    """A log value: scalars as they are, anything else as compact JSON."""
+    """A log value: scalars as they are, anything else as compact JSON (never raises)."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
     try:
         return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_json_default)
-    except (TypeError, ValueError):
-        return repr(value)
+    except Exception:  # keys of mixed types, a cycle, nesting past the recursion limit
+        return shown(value)
 
 
 def flatten_context(context: Mapping[str, Any]) -> dict[str, object]:

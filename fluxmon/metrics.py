@@ -17,6 +17,7 @@ label cap and prometheus_client's label lookup are paid once per new series only
 from __future__ import annotations
 
 import platform
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -35,7 +36,15 @@ from prometheus_client.registry import Collector
 
 from fluxmon import __version__
 from fluxmon.config import MetricsSettings
-from fluxmon.events import EVENTLOG_LABEL, MAIN, METRIC_STATES, RESULTS, JobEvent, JobState
+from fluxmon.events import (
+    DEFAULT_QUEUE,
+    EVENTLOG_LABEL,
+    MAIN,
+    METRIC_STATES,
+    RESULTS,
+    JobEvent,
+    JobState,
+)
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 OTHER: Final = "other"
@@ -99,15 +108,91 @@ class _WithoutCreated(Collector):
             yield from metric.describe()
 
 
-class LabelCap:
-    """Caps the distinct values of open-ended labels; the rest become ``other``."""
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
 
-    def __init__(self, limit: int, overflow: Counter) -> None:
+
+#: Label values flux-core itself produces, declared by default (they keep their own series
+#: and do not count toward the cap). Read from the flux-core 0.88 source (file: call site).
+BUILTIN_DECLARED: Final[Mapping[str, frozenset[str]]] = {
+    # Exception types flux-core raises: job-manager alloc.c, plugins/alloc-bypass.c ("alloc"),
+    # plugins/alloc-check.c, libjob/job.c flux_job_cancel ("cancel", also flux cancel and
+    # flux job raise's default), plugins/dependency-after.c and dependency-singleton.c,
+    # plugins/perilog.c ("prolog", "epilog"), job-exec.c and start.c and the shell's log.c
+    # and pmi.c ("exec"), job-exec.c lost shells ("node-failure"), libschedutil/hello.c
+    # ("scheduler-restart"), job-exec.c expiration ("timeout").
+    "type": _words(
+        "alloc alloc-check cancel dependency epilog exec node-failure prolog"
+        " scheduler-restart timeout"
+    ),
+    # Main eventlog events (RFC 21; job-manager's event posts in 0.88) and exec eventlog
+    # events (job-exec.c, bgexec.c, the shell's shell.c and doom.c).
+    "name": _words(
+        "submit validate invalidate depend dependency-add dependency-remove priority urgency"
+        " jobspec-update flux-restart alloc prolog-start prolog-finish start finish"
+        " epilog-start epilog-finish release free clean exception memo set-flags"
+        " resource-update debug.alloc-request debug.start-request debug.start-lost"
+        " debug.exec-reattach-start debug.exec-reattach-finish"
+        " init reattach starting recoverable shell.init shell.start shell.task-exit"
+        " shell-exit complete done"
+    ),
+    # RFC 21 severities: the tracker refuses any other.
+    "severity": frozenset(str(severity) for severity in range(8)),
+    # Return codes flux-core gives: 0; 1 and -128 (job-list: failed or canceled without a
+    # status); 126 and 127 (shell.c: the command cannot be run or is not found);
+    # 128 + SIGKILL, SIGALRM (timeout), SIGTERM (shell task.c); -SIGKILL and -SIGTERM (the
+    # shell itself killed by job-exec's term and kill signals).
+    "returncode": frozenset({"0", "1", "126", "127", "137", "142", "143", "-9", "-15", "-128"}),
+    # The queue label of jobs that name no queue (fluxmon's own value).
+    "queue": frozenset({DEFAULT_QUEUE}),
+}
+
+
+def declared_by(settings: MetricsSettings) -> dict[str, tuple[str, ...]]:
+    """The label values a config declares (``[metrics] queues``, ``[metrics.declared]``)."""
+    return {
+        "queue": settings.queues,
+        "name": settings.declared_names,
+        "type": settings.declared_types,
+        "returncode": tuple(str(code) for code in settings.declared_returncodes),
+    }
+
+
+def label_text(value: str) -> str:
+    """A label value that can always be written as UTF-8 (a lone surrogate is escaped)."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class LabelCap:
+    """Caps the distinct values of open-ended labels; the rest become ``other``.
+
+    Declared values (flux-core's own, :data:`BUILTIN_DECLARED`, and what the operator and
+    the instance declare, :meth:`declare`) always keep their own series and do not count
+    toward the cap; only undeclared values compete for its ``limit`` places.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        overflow: Counter,
+        declared: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
         self.limit = limit
         self._seen: dict[str, set[str]] = {label: set() for label in CAPPED_LABELS}
+        #: Declared values by origin ("builtin", "config", "instance"), then by label.
+        self._origins: dict[str, dict[str, frozenset[str]]] = {"builtin": dict(BUILTIN_DECLARED)}
+        self._declared: dict[str, frozenset[str]] = {}
+        #: Declared values given a series so far, by label (they count if undeclared later).
+        self._used: dict[str, set[str]] = {label: set() for label in CAPPED_LABELS}
         self._overflow = overflow
+        #: Lookups (the cold path: once per new series) and declarations (a reload, a
+        #: connect) come from different threads.
+        self._lock = threading.Lock()
         for label in CAPPED_LABELS:
             overflow.labels(label)
+        self.declare("config", declared or {})
 
     def set_limit(self, limit: int) -> None:
         """Change the cap from the next new value on (a reload).
@@ -118,14 +203,48 @@ class LabelCap:
         """
         self.limit = limit
 
+    def declare(self, origin: str, declared: Mapping[str, Iterable[str]]) -> None:
+        """Set the values ``origin`` declares, per label (replacing what it declared before).
+
+        Origins: ``config`` (the file, again on a reload) and ``instance`` (the queues the
+        Flux instance is configured with). From the next lookup on, a declared value gets
+        its own series, also one that was becoming ``other``, and no longer counts toward
+        the cap; a value no longer declared keeps its series and counts again.
+        """
+        unknown = set(declared) - set(CAPPED_LABELS)
+        if unknown:
+            raise ValueError(f"not a capped label: {', '.join(sorted(unknown))}")
+        values = {label: frozenset(map(label_text, vs)) for label, vs in declared.items()}
+        with self._lock:
+            self._origins[origin] = values
+            self._declared = {
+                label: frozenset().union(*(o.get(label, ()) for o in self._origins.values()))
+                for label in CAPPED_LABELS
+            }
+            for label, now in self._declared.items():
+                self._seen[label] -= now  # now declared: frees its place under the cap
+                self._seen[label] |= self._used[label] - now  # no longer declared: counts
+
+    def declared(self, label: str) -> frozenset[str]:
+        """The values of ``label`` declared now (every origin)."""
+        return self._declared[label]
+
     def __call__(self, label: str, value: str) -> str:
-        """Return ``value`` if it is known or there is room for it, else ``other``."""
-        seen = self._seen[label]
-        if value in seen:
-            return value
-        if len(seen) < self.limit:
-            seen.add(value)
-            return value
+        """Return ``value`` if declared, known or there is room for it, else ``other``.
+
+        ``value`` comes back escaped if it cannot be written as UTF-8 (:func:`label_text`).
+        """
+        value = label_text(value)
+        with self._lock:
+            if value in self._declared[label]:
+                self._used[label].add(value)
+                return value
+            seen = self._seen[label]
+            if value in seen:
+                return value
+            if len(seen) < self.limit:
+                seen.add(value)
+                return value
         self._overflow.labels(label).inc()
         return OTHER
 

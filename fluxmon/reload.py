@@ -3,7 +3,8 @@
 :class:`Reloader` reads the file, rejects it whole when it has a problem (every problem
 logged, the running settings kept), names each changed key that is read at start only in a
 ``config.reload_refused`` record, and applies the rest: log level, format and events, the
-HTTP endpoint's basic-auth users and TLS files, label caps and exemplars.
+HTTP endpoint's basic-auth users and TLS files, label caps, declared label values and
+exemplars.
 :class:`ReloadThread` runs it off the signal handler, which only queues a request.
 """
 
@@ -39,6 +40,10 @@ LIVE: Final = frozenset(
         "log.events",
         "metrics.label_cap",
         "metrics.exemplars",
+        "metrics.queues",
+        "metrics.declared.name",
+        "metrics.declared.type",
+        "metrics.declared.returncode",
     }
 )
 #: Why the keys read at start only cannot change while fluxmon runs, by key or prefix.

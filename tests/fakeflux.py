@@ -701,6 +701,15 @@ class FakeBroker:
 
         self.at(when, send)
 
+    def inject_raw(self, when: float, text: str) -> None:
+        """At ``when``, send ``text`` as it is (any JSON, or not JSON) to every journal."""
+
+        def send() -> None:
+            for fut in self._journals():
+                fut.push(text)
+
+        self.at(when, send)
+
     def drop(self, when: float, *, down_for: float = 0.0, fail_futures: bool = True) -> None:
         """At ``when``, cut every connection; refuse new ones for ``down_for`` seconds."""
 

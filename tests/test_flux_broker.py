@@ -305,6 +305,63 @@ def test_forced_watch_mode_reports_every_job(tmp_path: Path) -> None:
     assert all(s.value == 0 for s in found["fluxmon_event_errors"])
 
 
+#: Undeclared exception types a user mints, past a cap of CAP.
+MINTED, CAP = 30, 10
+
+
+def test_user_minted_exception_types_cannot_push_out_a_real_timeout(tmp_path: Path) -> None:
+    """A user raises 30 made-up types past a cap of 10; real timeout and exec keep theirs."""
+    assert FLUX is not None
+    out = tmp_path
+    (out / "fluxmon.toml").write_text(f'[log]\nformat = "json"\n[metrics]\nlabel_cap = {CAP}\n')
+    script = textwrap.dedent(
+        r"""
+        set -u
+        "$FLUXMON" run --listen 127.0.0.1:$2 -c "$1/fluxmon.toml" > "$1/fluxmon.log" 2>&1 &
+        fm=$!
+        for i in $(seq 100); do curl -sf 127.0.0.1:$2/readyz >/dev/null && break; sleep 0.1; done
+        victim=$(flux submit sleep 300)
+        flux job wait-event -t 60 $victim start >/dev/null
+        for i in $(seq $3); do
+          flux job raise --severity=1 --type=minted$i $victim "made up" || exit 1
+        done
+        flux cancel $victim
+        late=$(flux submit -t 1s sleep 30)
+        bad=$(flux submit /nonexistent/command)
+        for id in $victim $late $bad; do flux job wait-event -t 60 $id clean >/dev/null; done
+        sleep 2
+        curl -sf 127.0.0.1:$2/metrics > "$1/metrics.txt"
+        flux jobs -a --json > "$1/jobs.json"
+        kill -TERM $fm; wait $fm
+        """
+    )
+    (out / "w.sh").write_text(script)
+    proc = subprocess.run(
+        [FLUX, "start", "--test-size=2", "bash", str(out / "w.sh"), str(out), str(free_port()),
+         str(MINTED)],
+        env=fluxmon_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+    types = sorted(j["exception"]["type"] for j in jobs if j["exception"]["occurred"])
+    assert types == ["cancel", "exec", "timeout"]
+    found = metrics((out / "metrics.txt").read_text())
+    by_type: Counter[str] = Counter()
+    for s in found["flux_job_exceptions"]:
+        by_type[s.labels["type"]] += int(s.value)
+    assert by_type["timeout"] == 1
+    assert by_type["exec"] == 1
+    assert by_type["cancel"] == 1
+    assert sum(1 for t in by_type if t.startswith("minted")) == CAP
+    assert by_type["other"] == MINTED - CAP
+    overflow = {s.labels["label"]: s.value for s in found["fluxmon_label_overflow"]}
+    assert overflow["type"] == MINTED - CAP
+    finished = {r["exception_type"] for r in records(out, "job.finished")}
+    assert finished == {"cancel", "exec", "timeout"}
+    codes = {s.labels["returncode"] for s in found["flux_jobs_exited"] if s.value}
+    assert codes == {"127", "142", "143"}  # flux-core's own, declared
+
+
 GUEST = r"""
 set -u
 out=$1; port=$2

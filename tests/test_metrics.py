@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from fluxmon.app import build
+from fluxmon.app import Parts, build
 from fluxmon.testing import ev, jobspec, lifecycle
 from tests.conftest import DATA, SCENARIOS, Replayed, json_settings
 
@@ -133,7 +133,10 @@ def test_exemplars_can_be_turned_off() -> None:
 
 
 def test_label_cap_overflows_to_other() -> None:
-    """Past the cap, new event names become 'other' and each replacement is counted."""
+    """Past the cap, new undeclared event names become 'other' and each replacement is counted.
+
+    ``submit`` is declared (flux-core's own), so it takes none of the 5 places.
+    """
     base = json_settings()
     settings = dataclasses.replace(base, metrics=dataclasses.replace(base.metrics, label_cap=5))
     parts = build(settings, io.StringIO(), clock=None)
@@ -147,11 +150,11 @@ def test_label_cap_overflows_to_other() -> None:
         if family.name == "flux_job_events"
         for s in family.samples
     }
-    assert len(names) == 6  # 5 capped values + other
+    assert names == {"submit", "other"} | {f"site.event-{i}" for i in range(5)}
     assert (
-        get("flux_job_events_total", {"queue": "default", "eventlog": "main", "name": "other"}) == 6
+        get("flux_job_events_total", {"queue": "default", "eventlog": "main", "name": "other"}) == 5
     )
-    assert get("fluxmon_label_overflow_total", {"label": "name"}) == 6
+    assert get("fluxmon_label_overflow_total", {"label": "name"}) == 5
 
 
 def test_state_gauges_at_scrape_time() -> None:
@@ -180,3 +183,114 @@ def test_promtool_check_metrics(replay: Callable[..., Replayed], tmp_path: Path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == ""
     assert proc.stderr.strip() == ""
+
+
+# --------------------------------------------------------------------------- declared labels
+
+
+def exceptions_by_type(parts: Parts) -> dict[str, float]:
+    """``flux_job_exceptions_total`` summed over queues and severities, by type."""
+    out: dict[str, float] = {}
+    for family in parts.registry.collect():
+        if family.name == "flux_job_exceptions":
+            for s in family.samples:
+                if s.name == "flux_job_exceptions_total":
+                    out[s.labels["type"]] = out.get(s.labels["type"], 0) + s.value
+    return out
+
+
+def minted_then_genuine(parts: Parts, minted: int, genuine: list[str]) -> None:
+    """One running job gets ``minted`` user-minted non-fatal exception types, then each
+    genuine type once on a job of its own (fatal, as flux-core raises them)."""
+    events = lifecycle(1, 10.0)[:6]  # submit .. alloc, start: running
+    events += [
+        ev(1, "exception", 20.0 + i * 0.001, type=f"minted{i}", severity=1, note="", userid=5)
+        for i in range(minted)
+    ]
+    for n, etype in enumerate(genuine, 2):
+        job = lifecycle(n, 30.0 + n)[:6]
+        job.append(ev(n, "exception", 31.0 + n, type=etype, severity=0, note="", userid=0))
+        events += job
+    parts.pipeline.events(events)
+
+
+def test_minted_exception_types_cannot_push_out_a_genuine_timeout() -> None:
+    """200 user-minted types fill the cap (50); timeout and exec still get their own series."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    minted_then_genuine(parts, 200, ["timeout", "exec"])
+    by_type = exceptions_by_type(parts)
+    assert by_type["timeout"] == 1
+    assert by_type["exec"] == 1
+    assert sum(1 for t in by_type if t.startswith("minted")) == 50
+    assert by_type["other"] == 150
+    get = parts.registry.get_sample_value
+    assert get("fluxmon_label_overflow_total", {"label": "type"}) == 150
+
+
+def test_without_declarations_the_genuine_types_would_be_other() -> None:
+    """The same stream with nothing declared (the old behaviour) loses timeout to other."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    parts.cap.declare("builtin", {})
+    minted_then_genuine(parts, 200, ["timeout"])
+    assert "timeout" not in exceptions_by_type(parts)
+    assert exceptions_by_type(parts)["other"] == 151
+
+
+def test_config_declares_queues_types_names_and_returncodes() -> None:
+    """Values declared in [metrics] keep their own series even with a cap of 1."""
+    base = json_settings()
+    settings = dataclasses.replace(
+        base,
+        metrics=dataclasses.replace(
+            base.metrics,
+            label_cap=1,
+            queues=("gpu", "debug"),
+            declared_types=("site-quota",),
+            declared_names=("site.audit",),
+            declared_returncodes=(42,),
+        ),
+    )
+    parts = build(settings, io.StringIO(), clock=None)
+    events = lifecycle(1, 1.0, queue="scratch") + lifecycle(2, 2.0, queue="gpu")
+    events += lifecycle(3, 3.0, queue="debug", status=42 << 8)
+    events += lifecycle(4, 4.0, queue="batch", status=7 << 8)
+    events += lifecycle(6, 5.0, queue="gpu", status=8 << 8)
+    events += [ev(5, "submit", 9.0, userid=1, urgency=16, flags=0, version=1)]
+    events += [ev(5, "site.audit", 9.1), ev(5, "site.other", 9.2)]
+    events += [ev(5, "exception", 9.3, type="site-quota", severity=1, note="")]
+    parts.pipeline.events(events)
+    get = parts.registry.get_sample_value
+    submitted = {
+        s.labels["queue"]: s.value
+        for f in parts.registry.collect()
+        if f.name == "flux_jobs_submitted"
+        for s in f.samples
+    }
+    # scratch took the one undeclared place; batch overflowed; gpu and debug are declared.
+    assert submitted == {"scratch": 1, "gpu": 2, "debug": 1, "other": 1, "default": 1}
+    assert get("flux_jobs_exited_total", {"queue": "debug", "returncode": "42"}) == 1
+    # 7 took the one undeclared place, so 8 is other.
+    assert get("flux_jobs_exited_total", {"queue": "other", "returncode": "7"}) == 1
+    assert get("flux_jobs_exited_total", {"queue": "gpu", "returncode": "other"}) == 1
+    assert get("flux_job_events_total", {"queue": "default", "eventlog": "main",
+                                         "name": "site.audit"}) == 1  # fmt: skip
+    assert exceptions_by_type(parts) == {"site-quota": 1}
+
+
+def test_a_reload_declaring_a_value_gives_it_its_own_series_from_then_on() -> None:
+    """A type that was becoming other is declared live; its next exception has its series."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    parts.cap.set_limit(1)
+    minted_then_genuine(parts, 3, [])
+    assert exceptions_by_type(parts) == {"minted0": 1, "other": 2}
+    parts.cap.declare("config", {"type": ["minted2"]})
+    parts.pipeline.events([ev(1, "exception", 40.0, type="minted2", severity=1, note="", userid=5)])
+    assert exceptions_by_type(parts) == {"minted0": 1, "other": 2, "minted2": 1}
+    assert parts.cap("type", "minted0") == "minted0"  # declared ones freed no place it holds
+
+
+def test_a_label_value_that_is_not_utf8_is_escaped() -> None:
+    """A lone surrogate that reaches the cap comes out escaped, so the exposition encodes."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    assert parts.cap("queue", "q\udcff") == "q\\udcff"
+    generate_latest(parts.registry).decode()

@@ -352,7 +352,8 @@ def test_log_options_change_level_and_format_of_a_running_logger() -> None:
 
 
 def test_the_applier_changes_cap_and_events_records_of_a_live_pipeline() -> None:
-    """Applied settings reach the sinks: a cap of 1 sends a new queue to other, no job.event."""
+    """Applied settings reach the sinks: a cap of 1 sends a new queue to other, no job.event;
+    then a declared queue has its own series again."""
     settings = json_settings()
     stream = io.StringIO()
     parts = app.build(settings, stream, clock=None)
@@ -373,6 +374,10 @@ def test_the_applier_changes_cap_and_events_records_of_a_live_pipeline() -> None
     assert parts.registry.get_sample_value(submitted, {"queue": "debug"}) is None
     after = parse_log(stream.getvalue())[before:]
     assert [r["msg"] for r in after] == ["job.finished"]
+    declared = dataclasses.replace(new.metrics, queues=("debug",))
+    assert apply(dataclasses.replace(new, metrics=declared)) == []
+    parts.pipeline.events(lifecycle(3, 30.0, queue="debug"))
+    assert parts.registry.get_sample_value(submitted, {"queue": "debug"}) == 1
 
 
 def test_reloads_run_on_their_own_thread_not_in_the_handler() -> None:

@@ -11,20 +11,31 @@ read is not input to refuse but a missing input: :class:`UnreadableInput`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Final
 
-from fluxmon.events import EMPTY_CONTEXT, EVENTLOGS, MAIN, JobEvent, parse_jobid
+from fluxmon.events import (
+    EVENTLOGS,
+    MAIN,
+    MAX_LINE_BYTES,
+    InvalidEvent,
+    JobEvent,
+    decode_json,
+    entry_event,
+    needs_walk,
+    parse_jobid,
+    shown,
+)
 from fluxmon.sources import Downstream
 
 BATCH: Final = 512
-_decode: Final = json.JSONDecoder().decode
+#: Bytes read at a time while skipping the rest of a line that is too long.
+_SKIP_CHUNK: Final = 1 << 16
 
 
-class LineError(ValueError):
+class LineError(InvalidEvent):
     """A replay line that is not an event; the message says what is wrong."""
 
 
@@ -41,51 +52,31 @@ def open_input(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 def parse_line(line: bytes | str) -> JobEvent:
-    """Parse one replay line into a JobEvent; raise :class:`LineError` saying why not."""
+    """Parse one replay line into a JobEvent; raise :class:`LineError` saying why not.
+
+    The entry's fields are checked by :func:`fluxmon.events.entry_event`, as the Flux
+    source's are.
+    """
     try:
-        # Decoding first skips json's per-call encoding detection on bytes.
-        obj = _decode(line.decode() if isinstance(line, bytes) else line)
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise LineError(f"not JSON: {err}") from None
-    if type(obj) is not dict:
-        raise LineError(f"a line must be a JSON object, not {type(obj).__name__}")
-    try:
-        jobid = obj["id"]
-        name = obj["name"]
-        timestamp = obj["timestamp"]
-    except KeyError as err:
-        raise LineError(f"missing key {err} (required: id, name, timestamp)") from None
-    if type(jobid) is not int:
+        obj = decode_json(line)
+        if type(obj) is not dict:
+            raise InvalidEvent(f"a line must be a JSON object, not {type(obj).__name__}")
         try:
+            jobid = obj["id"]
+        except KeyError:
+            raise InvalidEvent("missing key 'id' (required: id, name, timestamp)") from None
+        if type(jobid) is not int:
             jobid = parse_jobid(jobid)
-        except ValueError as err:
-            raise LineError(str(err)) from None
-    elif not 0 <= jobid < 2**64:
-        raise LineError(f"id {jobid} is outside 0..2**64-1")
-    if type(name) is not str or not name:
-        raise LineError(f"name must be a non-empty string, not {name!r}")
-    if type(timestamp) is not float:
-        if type(timestamp) is not int:
-            raise LineError(f"timestamp must be a number, not {timestamp!r}")
-        timestamp = float(timestamp)
-    elif not math.isfinite(timestamp):
-        raise LineError(f"timestamp must be finite, not {timestamp!r}")
-    eventlog = obj.get("eventlog", MAIN)
-    if eventlog not in EVENTLOGS:
-        raise LineError(f"eventlog {eventlog!r} is not one of {', '.join(EVENTLOGS)}")
-    context = obj.get("context")
-    if type(context) is not dict:
-        if context is None:
-            context = EMPTY_CONTEXT
-        else:
-            raise LineError(f"context must be an object, not {type(context).__name__}")
-    jobspec = obj.get("jobspec")
-    if jobspec is not None and type(jobspec) is not dict:
-        raise LineError(f"jobspec must be an object, not {type(jobspec).__name__}")
-    R = obj.get("R")
-    if R is not None and type(R) is not dict:
-        raise LineError(f"R must be an object, not {type(R).__name__}")
-    return JobEvent(jobid, eventlog, name, timestamp, context, jobspec, R)
+        elif not 0 <= jobid < 2**64:
+            raise InvalidEvent(f"id {shown(jobid)} is outside 0..2**64-1")
+        eventlog = obj.get("eventlog", MAIN)
+        if eventlog not in EVENTLOGS:
+            raise InvalidEvent(f"eventlog {shown(eventlog)} is not one of {', '.join(EVENTLOGS)}")
+        return entry_event(
+            jobid, eventlog, obj, obj.get("jobspec"), obj.get("R"), walk=needs_walk(line)
+        )
+    except ValueError as err:  # InvalidEvent, and parse_jobid's ValueError
+        raise LineError(str(err)) from None
 
 
 def format_event(event: JobEvent) -> str:
@@ -104,9 +95,44 @@ def format_event(event: JobEvent) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def read_events(lines: Iterable[bytes | str]) -> Iterator[tuple[int, JobEvent | LineError]]:
-    """Yield (line number, event or error) for every non-blank line."""
+def read_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | int]:
+    """Yield each line of ``handle``, or the length of one longer than ``limit`` bytes.
+
+    A long line is read past in chunks, so no more than ``limit`` bytes of it are held.
+    """
+    readline = handle.readline
+    while True:
+        line = readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        length = len(line)
+        while not line.endswith(b"\n"):
+            line = readline(_SKIP_CHUNK)
+            if not line:
+                break
+            length += len(line)
+        yield length
+
+
+def read_events(
+    lines: Iterable[bytes | str | int],
+) -> Iterator[tuple[int, JobEvent | LineError]]:
+    """Yield (line number, event or error) for every non-blank line.
+
+    An ``int`` stands for a line that was too long (its length), from :func:`read_lines`.
+    """
     for lineno, line in enumerate(lines, 1):
+        if isinstance(line, int):
+            yield (
+                lineno,
+                LineError(
+                    f"line of {line} bytes is longer than the limit of {MAX_LINE_BYTES} bytes"
+                ),
+            )
+            continue
         if not line.strip():
             continue
         try:
@@ -143,7 +169,7 @@ class ReplaySource:
             with open_input(path) as handle:  # bytes: lines are decoded once, in parse_line
                 # A pipe (/dev/stdin) has no position: its progress is its events alone.
                 tell = handle.tell if handle.seekable() else int
-                for lineno, item in read_events(handle):
+                for lineno, item in read_events(read_lines(handle)):
                     if isinstance(item, LineError):
                         downstream.events(batch)
                         batch = []

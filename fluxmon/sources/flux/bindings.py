@@ -8,13 +8,13 @@ Python bindings, reading responses through flux-core's C API where it can.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import sysconfig
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from fluxmon.events import decode_json
 from fluxmon.sources import SourceUnavailable
 
 JOURNAL_TOPIC: Final = "job-manager.events-journal"
@@ -42,7 +42,11 @@ class RPCFuture(Protocol):
         """Call ``callback(future)`` on each response."""
 
     def get(self) -> Any:
-        """The response payload; raises OSError (ENODATA at the end of the stream)."""
+        """The response payload; raises OSError (ENODATA at the end of the stream).
+
+        A payload that does not decode raises ValueError or RecursionError (the caller
+        still resets the future).
+        """
 
     def reset(self) -> None:
         """Re-arm for the next response."""
@@ -55,7 +59,13 @@ class WatchFuture(Protocol):
         """Call ``callback(future)`` on each event."""
 
     def get_event(self) -> Any:
-        """The next entry (a mapping: ``name``, ``timestamp``, ``context``), None at the end."""
+        """The next entry (a mapping: ``name``, ``timestamp``, ``context``), None at the end.
+
+        An entry that does not decode raises ValueError or RecursionError, the future
+        already re-armed for the next one (``_FastWatch``; the bindings' own
+        ``JobEventWatchFuture`` decodes before it re-arms, so there such an entry ends the
+        watch's callbacks: fluxmon uses it only on a bindings layout without ``_flux``).
+        """
 
     def cancel(self, stop: bool = False) -> None:
         """Stop watching."""
@@ -137,7 +147,7 @@ class _FastRPC(_CFuture):
         if self._lib.flux_rpc_get(self._handle, self._buf) < 0:
             raise self._error()
         raw = self._buf[0]
-        return json.loads(self._ffi.string(raw)) if raw else None
+        return decode_json(self._ffi.string(raw)) if raw else None
 
     def reset(self) -> None:
         """Re-arm for the next response."""
@@ -160,9 +170,9 @@ class _FastWatch(_CFuture):
             if error.errno == errno.ENODATA:
                 return None
             raise error
-        entry = json.loads(self._ffi.string(self._buf[0]))
-        self._lib.flux_future_reset(self._handle)
-        return entry
+        text = self._ffi.string(self._buf[0])
+        self._lib.flux_future_reset(self._handle)  # first: a payload refused keeps the watch
+        return decode_json(text)
 
     def cancel(self, stop: bool = False) -> None:
         """Stop watching (the bindings' own cancel); raises OSError on a lost connection.

@@ -15,13 +15,15 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fluxmon.events import EMPTY_CONTEXT, EXEC, JobEvent
+from fluxmon.events import EXEC, InvalidEvent, JobEvent, entry_event, shown
 from fluxmon.sources import Downstream
 from fluxmon.sources.flux.bindings import WatchFuture
 from fluxmon.sources.flux.connection import Connection, describe, errno_name
 
 #: Longest time a job's ``clean`` waits for its exec watch to end.
 HOLD_SECONDS: Final = 10.0
+#: Most characters of a refused payload's description kept in its record.
+MAX_DETAIL: Final = 300
 
 
 def to_event(
@@ -34,29 +36,26 @@ def to_event(
     """A JobEvent from an eventlog entry; None (refused as malformed) if it is not one.
 
     ``response`` is the journal response the entry came in: it carries the jobspec
-    (with ``submit``) and R (with ``alloc``).
+    (with ``submit``) and R (with ``alloc``). The entry is checked as a replay line's is
+    (:func:`fluxmon.events.entry_event`): types, depth, numbers, UTF-8.
     """
-    try:
-        name = entry["name"]
-        timestamp = entry["timestamp"]
-        context = entry.get("context") or EMPTY_CONTEXT
-    except (KeyError, TypeError, AttributeError):
-        name = timestamp = None
-    if (
-        type(name) is not str
-        or type(timestamp) not in (float, int)
-        or not math.isfinite(timestamp)
-        or not isinstance(context, Mapping)
-    ):
-        downstream.reject_input("malformed", f"eventlog entry of job {jobid}: {entry!r}"[:300])
-        return None
     jobspec = R = None
-    if response is not None:
+    if response is not None and isinstance(entry, Mapping):
+        name = entry.get("name")
         if name == "submit":
             jobspec = response.get("jobspec")
         elif name == "alloc":
             R = response.get("R")
-    return JobEvent(jobid, eventlog, name, float(timestamp), context, jobspec, R)
+    try:
+        return entry_event(jobid, eventlog, entry, jobspec, R)
+    except InvalidEvent as err:
+        refuse(downstream, f"eventlog entry of job {jobid}: {err}: {shown(entry)}")
+        return None
+
+
+def refuse(downstream: Downstream, detail: str) -> None:
+    """Refuse a payload as malformed (counted and logged by downstream)."""
+    downstream.reject_input("malformed", detail[:MAX_DETAIL])
 
 
 class EventDelivery:
@@ -220,6 +219,9 @@ class EventDelivery:
             return
         try:
             entry = future.get_event()
+        except (ValueError, RecursionError) as err:  # a payload that does not decode
+            refuse(self._connection.downstream, f"eventlog entry of job {jobid}: {err}")
+            return
         except OSError as err:
             self._connection.stats.watch_failed(errno_name(err))
             self._connection.log.warning(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from fluxmon.events import MAIN, JobEvent
+from fluxmon.events import MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import EventDelivery, to_event
+from fluxmon.sources.flux.delivery import EventDelivery, refuse, to_event
 
 #: Journal refusals that mean "use watch mode" (flux.mode = "auto").
 _REFUSALS = {
@@ -59,6 +59,10 @@ class JournalMode:
         except OSError as err:
             self._on_error(err)
             return
+        except (ValueError, RecursionError) as err:  # a payload that does not decode
+            future.reset()
+            self._malformed(f"journal response: {err}")
+            return
         future.reset()
         if self._responses == 0:
             connection.downstream.connected(
@@ -67,7 +71,7 @@ class JournalMode:
             )
         self._responses += 1
         if not isinstance(response, dict):
-            self._malformed(f"journal response is not an object: {response!r}")
+            self._malformed(f"journal response is not an object: {shown(response)}")
             return
         jobid = response.get("id")
         entries = response.get("events")
@@ -75,7 +79,7 @@ class JournalMode:
             self._history_complete()
             return
         if type(jobid) is not int or jobid < 0 or not isinstance(entries, list):
-            self._malformed(f"journal response without id/events: {response!r}")
+            self._malformed(f"journal response without id/events: {shown(response)}")
             return
         batch: list[JobEvent] = []
         for entry in entries:
@@ -89,7 +93,7 @@ class JournalMode:
         self._delivery.deliver_main(batch, live=True)
 
     def _malformed(self, detail: str) -> None:
-        self._connection.downstream.reject_input("malformed", detail[:300])
+        refuse(self._connection.downstream, detail)
 
     def _on_error(self, err: OSError) -> None:
         connection = self._connection

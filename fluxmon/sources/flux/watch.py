@@ -16,7 +16,7 @@ from typing import Any
 from fluxmon.events import MAIN, JobEvent
 from fluxmon.sources.flux.bindings import RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import EventDelivery
+from fluxmon.sources.flux.delivery import EventDelivery, refuse
 
 
 class WatchMode:
@@ -78,6 +78,10 @@ class WatchMode:
             return  # a finished poll's stream: nothing more to read from it
         try:
             response = future.get()
+        except (ValueError, RecursionError) as err:  # a payload that does not decode
+            refuse(self._connection.downstream, f"job-list response: {err}")
+            future.reset()
+            return
         except OSError as err:
             if err.errno == errno.ENODATA:
                 self._poll_done()
