@@ -604,6 +604,7 @@ def test_fallback_to_watch_mode(why: str) -> None:
         bindings = FakeBindings(broker, userid=guest)
     else:
         broker.journal_service = False
+        broker.version = "0.60.0"  # older than the journal
         bindings = FakeBindings(broker)
     last = max(e["timestamp"] for j in broker.jobs.values() for e in j.main)
     settings = make_settings(poll_interval=1.0)
@@ -629,6 +630,24 @@ def test_fallback_to_watch_mode(why: str) -> None:
     assert run.sample("fluxmon_watches", eventlog="main") == 0
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
     assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_enosys_from_a_broker_with_the_journal_is_a_reconnect_not_a_fallback() -> None:
+    """ENOSYS from flux-core >= 0.61 (job-manager not loaded yet): reconnect, then journal mode."""
+    broker = scenario_broker()
+    broker.journal_service = False
+    broker.at(SCENARIO_START + 2.0, lambda: setattr(broker, "journal_service", True))
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert not run.records("source.fallback")
+    down = run.records("source.disconnected")
+    assert down
+    assert all("ENOSYS" in r["error"] and "job-manager" in r["error"] for r in down)
+    connected = run.records("source.connected")
+    assert len(connected) == 1
+    assert "journal mode" in connected[0]["detail"]
+    assert not broker.job_lists
+    assert run.events_counted() == truth(broker, broker.jobs)
+    assert_results(run, broker.jobs)
 
 
 def test_journal_mode_forced_does_not_fall_back() -> None:
