@@ -187,10 +187,13 @@ class LineWriter:
         if self._thread is None or self.failure is not None:
             self._write_now(entries)
             return
-        cond, queue = self._cond, self._queue
+        cond = self._cond
         with cond:
             if self.failure is not None:
                 return
+            # Read under the lock: the writer swaps in a new list each time it takes a
+            # batch, and records added to a batch already taken were never written.
+            queue = self._queue
             if len(queue) + len(entries) <= self._event_room:  # the common case: room
                 queue.extend(entries)
             elif wait:

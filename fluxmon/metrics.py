@@ -45,6 +45,7 @@ from fluxmon.events import (
     JobEvent,
     JobState,
 )
+from fluxmon.sources import EXEC_ABANDON_REASONS
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 OTHER: Final = "other"
@@ -379,6 +380,17 @@ class SelfMetrics:
                 registry=None,
             )
         )
+        self.exec_abandoned_total = own.add(
+            Counter(
+                "fluxmon_exec_watches_abandoned",
+                "Jobs whose exec eventlog was given up before its end (its later exec events "
+                "are not counted), by reason.",
+                ["reason"],
+                registry=None,
+            )
+        )
+        for reason in EXEC_ABANDON_REASONS:
+            self.exec_abandoned_total.labels(reason)
         self.last_event = own.add(
             Gauge(
                 "fluxmon_last_event_timestamp_seconds",
@@ -451,6 +463,10 @@ class SelfMetrics:
     def watch_failed(self, errno_name: str) -> None:
         """A per-job watch failed (``WatchStats``)."""
         self.watch_errors.labels(errno_name).inc()
+
+    def exec_abandoned(self, reason: str) -> None:
+        """A job's exec eventlog was given up (``WatchStats``)."""
+        self.exec_abandoned_total.labels(reason).inc()
 
     def set_flux_version(self, version: str) -> None:
         """Record the flux-core version once the source knows it."""

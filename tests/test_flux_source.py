@@ -35,11 +35,12 @@ from fluxmon.config import Settings, load_settings
 from fluxmon.events import EXEC, MAIN
 from fluxmon.exitcodes import EX_OK, EX_UNAVAILABLE
 from fluxmon.metrics import SelfMetrics
-from fluxmon.sources.flux import Checkpoint, FluxSource, FluxUnavailable
+from fluxmon.sources.flux import HOLD_SECONDS, Checkpoint, FluxSource, FluxUnavailable
 from fluxmon.sources.replay import ReplaySource
 from fluxmon.testing import parse_log
 from tests.conftest import DATA, SCENARIOS, expected
 from tests.fakeflux import (
+    NS_RACE,
     FakeBindings,
     FakeBroker,
     FakeFuture,
@@ -359,7 +360,7 @@ def test_journal_finished_records_match_the_journal_and_its_replay() -> None:
 
 @pytest.mark.parametrize("late", [False, True], ids=["on-time", "exec-after-clean"])
 def test_exec_watch_per_allocated_job(late: bool) -> None:
-    """One WAITCREATE exec watch per allocated job; exec events counted once, clean held."""
+    """One exec watch (no WAITCREATE) per allocated job; exec events counted once, clean held."""
     broker = scenario_broker(late_exec if late else None)
     run = run_source(broker)
     exec_watches = watches(broker, EXEC)
@@ -368,7 +369,7 @@ def test_exec_watch_per_allocated_job(late: bool) -> None:
     assert not watches(broker, MAIN)
     for opened in broker.watches_opened:
         job = broker.jobs[opened.jobid]
-        assert opened.waitcreate
+        assert not opened.waitcreate
         if job.exec_events:
             assert opened.time < job.exec_visible_at(0), opened  # before the eventlog exists
         if late and job.exec_events:
@@ -382,6 +383,7 @@ def test_exec_watch_per_allocated_job(late: bool) -> None:
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
     assert run.sample("fluxmon_watches", eventlog="main") == 0
     assert run.samples("fluxmon_watch_errors_total") == []
+    assert abandoned(run) == {}
     assert_results(run, broker.jobs)
     assert run.sample("fluxmon_tracked_jobs") == 0
     assert broker.collected_watches == 0
@@ -410,6 +412,10 @@ def test_max_watches_caps_exec_watches_and_counts_the_rest() -> None:
     assert refused > 0
     assert run.sample("fluxmon_watch_errors_total", errno="limit") == refused
     assert len(run.records("source.watch_limit")) == 1
+    assert abandoned(run) == {"limit": refused}
+    given_up = run.records("source.exec_abandoned")
+    assert {r["id"] for r in given_up} == allocated(broker) - set(opened)
+    assert {r["reason"] for r in given_up} == {"limit"}
     assert sum(v for (log, _), v in run.events_counted().items() if log == "exec") == sum(
         len(broker.jobs[j].exec_events) for j in opened
     )
@@ -429,6 +435,10 @@ def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
     (warning,) = run.records("source.watch_failed")
     assert warning["id"] == victim
     assert warning["error"].startswith(name)
+    assert abandoned(run) == {"error": 1}
+    (record,) = run.records("source.exec_abandoned")
+    assert (record["id"], record["reason"]) == (victim, "error")
+    assert name in record["detail"]
     others = [j for j in broker.jobs if j != victim]
     want = truth(broker, others) + Counter(
         {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
@@ -439,14 +449,143 @@ def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
     assert run.sample("fluxmon_tracked_jobs") == 0
 
 
-def test_exec_watch_without_waitcreate_fails_with_enoent_and_is_counted() -> None:
-    """Without WAITCREATE an exec eventlog created after start gives ENOENT, counted per job."""
-    broker = scenario_broker(late_exec)
-    run = run_source(broker, bindings=FakeBindings(broker, waitcreate=False))
-    with_exec = {j.jobid for j in broker.jobs.values() if j.exec_events}
-    assert run.sample("fluxmon_watch_errors_total", errno="ENOENT") == len(with_exec)
+class WaitcreateBindings(FakeBindings):
+    """Bindings that open every watch with WAITCREATE (what fluxmon did before issue 9)."""
+
+    def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> Any:
+        """Any watch, always with WAITCREATE."""
+        return super().watch(handle, jobid, eventlog, waitcreate=True)
+
+
+def abandoned(run: Run) -> dict[str, float]:
+    """fluxmon_exec_watches_abandoned_total by reason, zeros left out."""
+    return {
+        labels["reason"]: value
+        for labels, value in run.samples("fluxmon_exec_watches_abandoned_total")
+        if value
+    }
+
+
+def race_broker() -> tuple[FakeBroker, FakeJob]:
+    """One job with exec events, alone on a broker."""
+    job = load_scenario(BY_STEM["b-exit3"])
+    assert job.exec_events
+    return FakeBroker([job], start=SCENARIO_START), job
+
+
+class LateExecWatch(FakeBindings):
+    """Bindings whose exec watches reach job-info just after the guest namespace is removed.
+
+    As when the source lags behind the job (a burst of events, watch mode's polling): the
+    watch is opened between the namespace's removal and ``release`` (``NS_RACE``).
+    """
+
+    def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> Any:
+        """Let virtual time pass into the job's race window before the exec watch is opened."""
+        if eventlog == EXEC:
+            release = self.broker.jobs[jobid].first("release")
+            assert release is not None
+            self.broker.advance(release - NS_RACE / 2 - self.broker.now)
+        return super().watch(handle, jobid, eventlog, waitcreate=waitcreate)
+
+
+def run_timed(
+    broker: FakeBroker, bindings: FakeBindings, idle_after: float
+) -> tuple[Run, list[tuple[float, str, str]]]:
+    """Run the source; also return (virtual time, eventlog, name) of each event delivered."""
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop, after=idle_after)
+    run = prepare(broker, make_settings(), stop, bindings=bindings)
+    delivered: list[tuple[float, str, str]] = []
+    pipeline = run.parts.pipeline
+    apply = pipeline.events
+
+    def events(batch: Any, *, live: bool = True) -> None:
+        delivered.extend((broker.now, e.eventlog, e.name) for e in batch)
+        apply(batch, live=live)
+
+    pipeline.events = events  # type: ignore[method-assign]
+    run.source.run(pipeline, stop)
+    return run, delivered
+
+
+def test_exec_watch_reaching_a_removed_namespace_delivers_every_event() -> None:
+    """A watch reaching the guest namespace after its removal reads all exec events, no hold."""
+    broker, job = race_broker()
+    clean = job.first("clean")
+    assert clean is not None
+    run, delivered = run_timed(broker, LateExecWatch(broker), clean + HOLD_SECONDS + 1)
+    (opened,) = broker.watches_opened
+    assert not opened.waitcreate
+    release = job.first("release")
+    assert release is not None
+    assert release - NS_RACE <= opened.time < release  # it did land in the race window
+    assert broker.hung_watches == 0
+    assert run.events_counted() == truth(broker, [job.jobid])
+    assert abandoned(run) == {}
+    assert run.records("source.exec_abandoned") == []
+    # clean came last, held only until the watch ended: far less than HOLD_SECONDS
+    when, eventlog, name = delivered[-1]
+    assert (eventlog, name) == (MAIN, "clean")
+    assert when - clean < 0.1
+    assert set(run.finished()) == {job.jobid}
+
+
+def test_waitcreate_watch_in_the_race_hangs_and_is_abandoned_counted_and_logged() -> None:
+    """With WAITCREATE the same watch never answers: after the hold it is counted and logged."""
+    broker, job = race_broker()
+    clean = job.first("clean")
+    assert clean is not None
+    run = run_source(broker, bindings=WaitcreateBindings(broker))
+    assert broker.hung_watches == 0  # opened at alloc, WAITCREATE does no harm
+    assert abandoned(run) == {}
+    broker, job = race_broker()
+
+    class Both(LateExecWatch, WaitcreateBindings):
+        """Late and with WAITCREATE: the watch fluxmon lost events to."""
+
+    run, delivered = run_timed(broker, Both(broker), clean + HOLD_SECONDS + 1)
+    assert broker.hung_watches == 1
+    when, eventlog, name = delivered[-1]
+    assert (eventlog, name) == (MAIN, "clean")
+    assert when - clean == pytest.approx(HOLD_SECONDS, abs=0.5)
+    assert abandoned(run) == {"timeout": 1}
+    (record,) = run.records("source.exec_abandoned")
+    assert record["id"] == job.jobid
+    assert record["reason"] == "timeout"
+    assert record["received"] == 0
+    assert "10 s" in record["detail"]
     assert not [k for k in run.events_counted() if k[0] == "exec"]
-    assert_results(run, broker.jobs)
+    assert set(run.finished()) == {job.jobid}  # the held clean was released after the hold
+    assert run.sample("fluxmon_watches", eventlog="exec") == 0
+
+
+def test_exec_watch_of_a_purged_job_is_abandoned_with_its_errno() -> None:
+    """A job whose exec eventlog is gone (purged) before its watch opens: ENOENT, counted."""
+    job = load_scenario(BY_STEM["b-exit3"])
+    cleaned = job.first("clean")
+    assert cleaned is not None
+    clean: float = cleaned
+    job = dataclasses.replace(job, purge_at=clean)
+    broker = FakeBroker([job], start=SCENARIO_START)
+
+    class OpenAfterPurge(FakeBindings):
+        """Exec watches reach the broker after the job was purged."""
+
+        def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> Any:
+            """Let the job end and be purged first."""
+            if eventlog == EXEC:
+                self.broker.advance(clean + 1.0 - self.broker.now)
+            return super().watch(handle, jobid, eventlog, waitcreate=waitcreate)
+
+    run = run_source(broker, bindings=OpenAfterPurge(broker))
+    assert run.sample("fluxmon_watch_errors_total", errno="ENOENT") == 1
+    assert abandoned(run) == {"error": 1}
+    (record,) = run.records("source.exec_abandoned")
+    assert record["id"] == job.jobid
+    assert record["reason"] == "error"
+    assert record["detail"].startswith("watch ended: ENOENT")
+    assert set(run.finished()) == {job.jobid}
 
 
 # -- watch mode ------------------------------------------------------------------------------
@@ -465,6 +604,7 @@ def test_fallback_to_watch_mode(why: str) -> None:
         bindings = FakeBindings(broker, userid=guest)
     else:
         broker.journal_service = False
+        broker.version = "0.60.0"  # older than the journal
         bindings = FakeBindings(broker)
     last = max(e["timestamp"] for j in broker.jobs.values() for e in j.main)
     settings = make_settings(poll_interval=1.0)
@@ -490,6 +630,24 @@ def test_fallback_to_watch_mode(why: str) -> None:
     assert run.sample("fluxmon_watches", eventlog="main") == 0
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
     assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_enosys_from_a_broker_with_the_journal_is_a_reconnect_not_a_fallback() -> None:
+    """ENOSYS from flux-core >= 0.61 (job-manager not loaded yet): reconnect, then journal mode."""
+    broker = scenario_broker()
+    broker.journal_service = False
+    broker.at(SCENARIO_START + 2.0, lambda: setattr(broker, "journal_service", True))
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert not run.records("source.fallback")
+    down = run.records("source.disconnected")
+    assert down
+    assert all("ENOSYS" in r["error"] and "job-manager" in r["error"] for r in down)
+    connected = run.records("source.connected")
+    assert len(connected) == 1
+    assert "journal mode" in connected[0]["detail"]
+    assert not broker.job_lists
+    assert run.events_counted() == truth(broker, broker.jobs)
+    assert_results(run, broker.jobs)
 
 
 def test_journal_mode_forced_does_not_fall_back() -> None:
@@ -633,6 +791,38 @@ def test_held_clean_survives_a_dropped_connection() -> None:
     assert run.sample("fluxmon_reconnects_total") == 1
     assert set(run.finished()) == {job.jobid}
     assert run.sample("fluxmon_tracked_jobs") == 0
+    # the watch cut by the drop is opened again: every exec event counted, none given up
+    assert run.events_counted() == truth(broker, [job.jobid])
+    assert abandoned(run) == {}
+
+
+def test_exec_watch_cut_by_a_connection_error_is_read_again_not_abandoned() -> None:
+    """An exec watch failing with ECONNRESET ends the connection; the next one re-reads it all."""
+    job = late_exec(load_scenario(BY_STEM["b-exit3"]), after_clean=2.0)
+    broker = FakeBroker([job], start=SCENARIO_START)
+
+    class ResetOnce(FakeBindings):
+        """The first exec watch is answered with ECONNRESET."""
+
+        reset = False
+
+        def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> Any:
+            """A watch; the first exec one fails with ECONNRESET."""
+            future = super().watch(handle, jobid, eventlog, waitcreate=waitcreate)
+            if eventlog == EXEC and not self.reset:
+                self.reset = True
+                future.push(OSError(errno.ECONNRESET, "Connection reset by peer"))
+            return future
+
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0),
+                     bindings=ResetOnce(broker))  # fmt: skip
+    (down,) = run.records("source.disconnected")
+    assert "ECONNRESET" in down["error"]
+    assert run.sample("fluxmon_watch_errors_total", errno="ECONNRESET") == 1
+    assert watches(broker, EXEC) == Counter({job.jobid: 2})
+    assert abandoned(run) == {}
+    assert run.events_counted() == truth(broker, [job.jobid])
+    assert set(run.finished()) == {job.jobid}
 
 
 def test_first_connection_failure_raises_and_exits_69() -> None:
@@ -888,7 +1078,7 @@ def test_fake_watch_waits_for_creation_and_ends_with_none() -> None:
     assert alloc is not None
     broker.advance(alloc - broker.now)
     got: list[Any] = []
-    watch = bindings.watch(handle, job.jobid, EXEC)
+    watch = bindings.watch(handle, job.jobid, EXEC, waitcreate=False)
 
     def on_event(fut: Any) -> None:
         event = fut.get_event()
@@ -901,7 +1091,7 @@ def test_fake_watch_waits_for_creation_and_ends_with_none() -> None:
     assert [e.name for e in got[:-1]] == [e["name"] for e in job.exec_events]
     assert all(isinstance(e.context, dict) for e in got[:-1])
     assert got[-1] is None
-    unknown = bindings.watch(handle, 12345, EXEC)
+    unknown = bindings.watch(handle, 12345, EXEC, waitcreate=False)
     with pytest.raises(OSError, match="not found") as info:
         unknown.get_event()
     assert info.value.errno == errno.ENOENT

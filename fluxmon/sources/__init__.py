@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from fluxmon.events import JobEvent
+
+#: Why a job's exec eventlog is given up before its end: its watch was still open when
+#: the job's held ``clean`` ran out of time, the watch failed (to open, or with an
+#: error), or ``flux.max_watches`` was reached so it was never opened.
+EXEC_ABANDON_REASONS: Final = ("timeout", "error", "limit")
 
 
 class SourceUnavailable(Exception):
@@ -58,6 +63,9 @@ class WatchStats(Protocol):
 
     def watch_failed(self, errno_name: str) -> None:
         """A per-job watch failed with ``errno_name`` (e.g. ENOENT, EPERM, or limit)."""
+
+    def exec_abandoned(self, reason: str) -> None:
+        """A job's exec eventlog was given up before its end (``reason``: timeout, error, limit)."""
 
 
 class Source(Protocol):

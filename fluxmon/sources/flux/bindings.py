@@ -88,8 +88,12 @@ class Bindings(Protocol):
     def journal(self, handle: Any) -> RPCFuture:
         """Start the events-journal stream with full history."""
 
-    def watch(self, handle: Any, jobid: int, eventlog: str) -> WatchFuture:
-        """Watch one job's eventlog from its start (waiting for it to be created)."""
+    def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> WatchFuture:
+        """Watch one job's eventlog from its start; ``waitcreate``: wait for it to be created.
+
+        Without ``waitcreate`` an eventlog that does not exist yet ends the watch with
+        ENOENT. See :meth:`FluxBindings.watch` for why exec watches go without it.
+        """
 
     def job_list(self, handle: Any, since: float) -> RPCFuture:
         """All users' jobs that are active or became inactive after ``since``."""
@@ -223,10 +227,18 @@ class FluxBindings:
         rpc: RPCFuture = future
         return rpc
 
-    def watch(self, handle: Any, jobid: int, eventlog: str) -> WatchFuture:
-        """``event_watch_async`` with WAITCREATE, so a watch opened early does not ENOENT."""
+    def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> WatchFuture:
+        """``event_watch_async``, with ``FLUX_JOB_EVENT_WATCH_WAITCREATE`` if ``waitcreate``.
+
+        WAITCREATE must not be given for ``guest.exec.eventlog``: job-info passes it on to
+        kvs-watch when it watches the job's guest namespace, and kvs-watch (0.88) takes a
+        namespace that is already removed for one not yet created and waits for it
+        forever, so a watch that reaches the guest namespace just after the job's end
+        never answers (``delivery`` has the detail). It is not needed there either:
+        job-info waits for ``start`` itself, and the exec eventlog exists by then.
+        """
         event = self._flux.job.event
-        flags = self._flux.constants.FLUX_JOB_EVENT_WATCH_WAITCREATE
+        flags = self._flux.constants.FLUX_JOB_EVENT_WATCH_WAITCREATE if waitcreate else 0
         future = event.JobEventWatchFuture(
             event.RAW.event_watch(handle, int(jobid), eventlog, flags)
         )

@@ -6,11 +6,33 @@ run ahead of exec watches (the journal, or a job's own main watch), so a job's
 the watch ends or ``HOLD_SECONDS`` pass; otherwise late exec events would arrive for
 a job already gone. Cleans still held when the connection drops are held again by the
 next connection.
+
+Exec watches are opened without WAITCREATE (``FluxBindings.watch``). In flux-core 0.88
+job-info's guest watch (``job-info/guest_watch.c``) reads the main eventlog; once it
+shows ``start`` but not yet ``release final=true`` it watches ``exec.eventlog`` in the
+job's guest namespace with the caller's flags (``guest_namespace_watch``). job-exec
+grafts that namespace into the primary one and then removes it when the job ends
+(``job-exec.c`` ``ns_move``), before it answers ``release``; a watch that reaches the
+guest namespace in between gets ENOTSUP from kvs-watch's getroot, and with
+``FLUX_KVS_WAITCREATE`` kvs-watch takes that for a namespace not created yet and waits
+for a creation that never comes (``kvs-watch.c`` ``watcher_respond``): the watch never
+answers, and every exec event of the job was lost after the hold. Without the flag the
+ENOTSUP reaches job-info, which reads the grafted copy instead
+(``guest_namespace_watch_continuation`` -> ``main_namespace_watch``). The flag is not
+needed: job-info waits for ``start`` on its own (``wait_guest_namespace``), and job-exec
+commits ``init`` to the exec eventlog before the job can start
+(``ns_create_and_link``). ``benchmarks/exec_watch_race.py`` measures the hang.
+
+Where a job's exec events are still given up (its watch outlives the hold, fails, or
+is refused by ``flux.max_watches``) it is counted
+(``fluxmon_exec_watches_abandoned_total{reason}``) and logged
+(``source.exec_abandoned``): exec events are missed only where that counter says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -24,6 +46,9 @@ from fluxmon.sources.flux.connection import Connection, describe, errno_name
 HOLD_SECONDS: Final = 10.0
 #: Most characters of a refused payload's description kept in its record.
 MAX_DETAIL: Final = 300
+#: Watch errors that mean the connection is gone: the session ends, held cleans are
+#: held over and the watch is opened again on the next connection.
+CONNECTION_ERRORS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN})
 
 
 def to_event(
@@ -115,8 +140,25 @@ class EventDelivery:
             if now >= deadline:
                 future = self._watches.get((jobid, EXEC))
                 if future is not None:
+                    self._abandon(
+                        jobid,
+                        "timeout",
+                        f"exec watch still open {HOLD_SECONDS:g} s after the job's clean",
+                    )
                     self._close(jobid, EXEC, future)
                 self._release(jobid)
+
+    def _abandon(self, jobid: int, reason: str, detail: str) -> None:
+        """Count and log a job whose exec events are given up from here on."""
+        connection = self._connection
+        connection.stats.exec_abandoned(reason)
+        connection.log.warning(
+            "source.exec_abandoned",
+            id=jobid,
+            reason=reason,
+            detail=detail,
+            received=len(self._memory.exec_seen.get(jobid, ())),
+        )
 
     def job_gone(self, jobid: int) -> None:
         """Forget what is remembered of a job that ended (or vanished)."""
@@ -186,6 +228,8 @@ class EventDelivery:
         limit = connection.settings.max_watches
         if len(self._watches) >= limit:
             connection.stats.watch_failed("limit")
+            if eventlog == EXEC:
+                self._abandon(jobid, "limit", f"flux.max_watches ({limit}) reached")
             if not self._warned_limit:
                 self._warned_limit = True
                 connection.log.warning(
@@ -195,9 +239,15 @@ class EventDelivery:
                 )
             return
         try:
-            future = connection.bindings.watch(connection.handle, jobid, eventlog)
+            future = connection.bindings.watch(
+                connection.handle, jobid, eventlog, waitcreate=eventlog != EXEC
+            )
         except OSError as err:
             connection.stats.watch_failed(errno_name(err))
+            if err.errno in CONNECTION_ERRORS:
+                connection.lose(f"{eventlog} watch not opened: {describe(err)}")
+            elif eventlog == EXEC:
+                self._abandon(jobid, "error", f"watch not opened: {describe(err)}")
             return
         self._watches[(jobid, eventlog)] = future
         connection.stats.watch_opened(eventlog)
@@ -217,16 +267,24 @@ class EventDelivery:
     ) -> None:
         if (jobid, eventlog) not in self._watches:
             return
+        connection = self._connection
         try:
             entry = future.get_event()
         except (ValueError, RecursionError) as err:  # a payload that does not decode
-            refuse(self._connection.downstream, f"eventlog entry of job {jobid}: {err}")
+            refuse(connection.downstream, f"eventlog entry of job {jobid}: {err}")
             return
         except OSError as err:
-            self._connection.stats.watch_failed(errno_name(err))
-            self._connection.log.warning(
+            connection.stats.watch_failed(errno_name(err))
+            connection.log.warning(
                 "source.watch_failed", id=jobid, eventlog=eventlog, error=describe(err)
             )
+            if err.errno in CONNECTION_ERRORS:
+                # Left open: close() holds the job's clean over to the next connection,
+                # which opens the watch again and reads what this one did not.
+                connection.lose(f"{eventlog} watch failed: {describe(err)}")
+                return
+            if eventlog == EXEC:
+                self._abandon(jobid, "error", f"watch ended: {describe(err)}")
             entry = None
         if entry is None:
             self._close(jobid, eventlog, future, cancel=False)

@@ -8,7 +8,9 @@ connection's :class:`Start` says; events after the sentinel are live.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable
+from typing import Final
 
 from fluxmon.events import MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
@@ -22,6 +24,15 @@ _REFUSALS = {
     errno.ENOSYS: "the journal answered ENOSYS: this flux-core has no events-journal "
     "(older than 0.61)",
 }
+#: The first flux-core with the events-journal; from it on ENOSYS means job-manager is
+#: not loaded (yet): the broker is still starting (rc1) or already stopping.
+JOURNAL_SINCE: Final = (0, 61)
+
+
+def has_journal(flux_version: str) -> bool:
+    """The broker's flux-core (``0.88.0-59-g4a5e79f56``) has the events-journal (False: unknown)."""
+    match = re.match(r"v?(\d+)\.(\d+)", flux_version)
+    return match is not None and (int(match[1]), int(match[2])) >= JOURNAL_SINCE
 
 
 class JournalMode:
@@ -98,7 +109,14 @@ class JournalMode:
     def _on_error(self, err: OSError) -> None:
         connection = self._connection
         refused = self._responses == 0 and err.errno in (errno.EPERM, errno.ENOSYS, errno.EPROTO)
-        if refused and self._fall_back is not None:
+        if refused and err.errno == errno.ENOSYS and has_journal(connection.flux_version):
+            # Not a broker without the journal: one whose job-manager is not loaded yet
+            # (fluxmon started with the broker) or any more. Try again after the backoff.
+            connection.lose(
+                f"the journal answered ENOSYS: job-manager is not loaded on this "
+                f"flux-core {connection.flux_version} broker (starting or stopping)"
+            )
+        elif refused and self._fall_back is not None:
             why = _REFUSALS.get(err.errno or 0, f"the journal failed: {err.strerror}")
             connection.log.warning("source.fallback", mode="watch", reason=why)
             self._fall_back(why)
