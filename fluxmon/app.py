@@ -241,6 +241,10 @@ class RecordDownstream:
         """Log the disconnection."""
         self._log.warning("source.disconnected", error=error)
 
+    def declare_queues(self, names: Sequence[str]) -> None:
+        """Log the instance's queues (a recording has no metrics to declare them to)."""
+        self._log.info("source.queues", queues=",".join(names))
+
     def caught_up(self) -> None:
         """Log the end of history."""
         self._log.info("history.caught_up", history_events=self.events_written)

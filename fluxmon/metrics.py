@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -549,6 +549,12 @@ class MetricsSink(NullSink):
         if label == queue:
             self._queues[queue] = found
         return found
+
+    def declare_queues(self, names: Sequence[str]) -> None:
+        """The instance's configured queues keep their own series, at 0 from now on."""
+        self._cap.declare("instance", {"queue": names})
+        for name in names:
+            self.series(name)
 
     def queue_label(self, queue: str) -> str:
         """The label value a raw queue name is exported under."""

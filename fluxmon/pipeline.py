@@ -148,6 +148,13 @@ class Pipeline:
             version = {} if flux_version is None else {"flux_version": flux_version}
             self._log.info("source.connected", detail=detail, **version)
 
+    def declare_queues(self, names: Sequence[str]) -> None:
+        """Declare the instance's queues to the metrics (replacing the previous set); log them."""
+        with self._lock:
+            self._sink.declare_queues(names)
+        with self._records():
+            self._log.info("source.queues", queues=",".join(names))
+
     def disconnected(self, error: str) -> None:
         """Mark the stream down (and not ready) and log why."""
         self._connected = False

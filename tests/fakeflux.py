@@ -593,6 +593,8 @@ class FakeBroker:
         self.start = start
         self.owner = owner
         self.version = VERSION
+        #: What ``job-manager.queue-list`` answers (an OSError is raised instead).
+        self.queue_list: dict[str, Any] | OSError = {"queues": []}
         self.journal_service = True
         self.jobs: dict[int, FakeJob] = {}
         self.agenda: list[tuple[float, int, Callable[[], None]]] = []
@@ -907,6 +909,14 @@ class FakeBindings:
         """The broker's version attribute."""
         handle.check()
         return self.broker.version
+
+    def queues(self, handle: FakeHandle) -> Any:
+        """The job-manager's queue list."""
+        handle.check()
+        answer = self.broker.queue_list
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
 
     def journal(self, handle: FakeHandle) -> FakeRPC:
         """The events-journal stream with full history (re-armed as ``FluxBindings`` does)."""

@@ -310,6 +310,9 @@ class RecordingDownstream:
     def caught_up(self) -> None:
         self.calls.append(("caught_up", None))
 
+    def declare_queues(self, names: Sequence[str]) -> None:
+        self.calls.append(("declare_queues", ",".join(names)))
+
     def reject_input(self, reason: str, detail: str) -> None:
         self.calls.append(("reject_input", reason))
 

@@ -196,6 +196,16 @@ def test_no_errors_and_clean_exit(mixed: Path) -> None:
     assert records(mixed, "event.rejected") == []
 
 
+def test_the_instances_queues_are_read_from_the_job_manager(mixed: Path) -> None:
+    """The queues of the instance's config are declared at connect and have their series."""
+    assert records(mixed, "source.queues_unknown") == []
+    assert [r["queues"] for r in records(mixed, "source.queues")] == ["batch,debug"]
+    found = metrics((mixed / "metrics.txt").read_text())
+    queues = {s.labels["queue"] for s in found["flux_jobs"]}
+    assert {"batch", "debug"} <= queues
+    assert "other" not in queues
+
+
 RESTART = r"""
 set -u
 flux submit --wait true >/dev/null

@@ -1212,3 +1212,44 @@ def test_foreign_job_refused_once_while_it_stays_listed() -> None:
     )
     assert len(broker.job_lists) > 40  # the job was listed by many polls
     assert run.sample("fluxmon_watch_errors_total", errno="EPERM") == 1
+
+
+def _capped(settings: Settings, cap: int) -> Settings:
+    return dataclasses.replace(
+        settings, metrics=dataclasses.replace(settings.metrics, label_cap=cap)
+    )
+
+
+def test_the_instances_configured_queues_are_declared_at_connect() -> None:
+    """Queues from job-manager.queue-list keep their own series (at 0) under a full cap."""
+    broker = scenario_broker()
+    broker.queue_list = {"queues": ["zeta", "alpha"]}
+    run = run_source(broker, _capped(make_settings(), 1))
+    [record] = run.records("source.queues")
+    assert record["queues"] == "alpha,zeta"
+    for queue in ("alpha", "zeta"):
+        assert run.sample("flux_jobs", queue=queue, state="RUN") == 0
+    # The one undeclared place went to the first queue a job brought; the rest are other.
+    assert run.sample("fluxmon_label_overflow_total", label="queue")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        pytest.param(OSError(errno.ENOSYS, "Function not implemented"), "ENOSYS", id="enosys"),
+        pytest.param({"queues": [1, "batch"]}, "not a list of names", id="not-names"),
+        pytest.param({"queues": ["\ud800"]}, "UTF-8", id="surrogate"),
+        pytest.param({"names": []}, "KeyError", id="no-key"),
+    ],
+)
+def test_a_queue_list_that_cannot_be_read_is_logged_and_the_source_goes_on(
+    answer: Any, error: str
+) -> None:
+    """No queue list, or a hostile one: source.queues_unknown says why; events still flow."""
+    broker = scenario_broker()
+    broker.queue_list = answer
+    run = run_source(broker)
+    [record] = run.records("source.queues_unknown")
+    assert error in record["error"]
+    assert not run.records("source.queues")
+    assert run.events_counted() == truth(broker, broker.jobs)

@@ -38,6 +38,9 @@ class Downstream(Protocol):
     def caught_up(self) -> None:
         """History is replayed; everything from now on is live."""
 
+    def declare_queues(self, names: Sequence[str]) -> None:
+        """The instance's configured queues: their series are never capped (each connect)."""
+
     def reject_input(self, reason: str, detail: str) -> None:
         """Input that never became an event (a bad line, a bad payload) was refused."""
 

@@ -18,6 +18,8 @@ from fluxmon.events import decode_json
 from fluxmon.sources import SourceUnavailable
 
 JOURNAL_TOPIC: Final = "job-manager.events-journal"
+#: The job-manager's list of configured queues (flux-core src/modules/job-manager/queue.c).
+QUEUE_LIST_TOPIC: Final = "job-manager.queue-list"
 
 
 class FluxUnavailable(SourceUnavailable):
@@ -87,6 +89,9 @@ class Bindings(Protocol):
 
     def journal(self, handle: Any) -> RPCFuture:
         """Start the events-journal stream with full history."""
+
+    def queues(self, handle: Any) -> Any:
+        """The job-manager's ``job-manager.queue-list`` answer: the configured queues."""
 
     def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> WatchFuture:
         """Watch one job's eventlog from its start; ``waitcreate``: wait for it to be created.
@@ -246,6 +251,10 @@ class FluxBindings:
             return _FastWatch(future, *self._c)
         watch: WatchFuture = future
         return watch
+
+    def queues(self, handle: Any) -> Any:
+        """``{"queues": [name, ...]}``, the named queues of the instance's config (any user)."""
+        return handle.rpc(QUEUE_LIST_TOPIC).get()
 
     def job_list(self, handle: Any, since: float) -> RPCFuture:
         """``job_list`` for every user with no entry cap."""

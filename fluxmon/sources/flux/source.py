@@ -13,6 +13,7 @@ from typing import Any, Final, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.config import FluxSettings
+from fluxmon.events import check_text, shown
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
 from fluxmon.sources.flux.checkpoint import Checkpoint
@@ -125,6 +126,7 @@ class FluxSource:
         except OSError as err:
             self.log.warning("source.version_unknown", error=str(err))
             version = "unknown"
+        self._declare_queues(handle, downstream)
         return Connection(
             settings=self.settings,
             uri=self.uri,
@@ -140,6 +142,28 @@ class FluxSource:
             flux_version=version,
             connected_at=connected_at,
         )
+
+    def _declare_queues(self, handle: Any, downstream: Downstream) -> None:
+        """Declare the instance's configured queues (read at each connect) to the sinks.
+
+        Their series are then never pushed into ``other`` by queue names users bring. A
+        broker that cannot say (no job-manager yet, an old one) or answers something
+        else is logged as ``source.queues_unknown`` and keeps what was declared before.
+        """
+        try:
+            answer = self.bindings.queues(handle)
+            names = answer["queues"]
+            if type(names) is not list or not all(type(n) is str for n in names):
+                raise TypeError(f"queues is not a list of names: {shown(names)}")
+            for name in names:
+                check_text(name, "queue")
+        except OSError as err:
+            self.log.warning("source.queues_unknown", error=describe(err))
+            return
+        except (KeyError, TypeError, ValueError) as err:
+            self.log.warning("source.queues_unknown", error=f"{type(err).__name__}: {err}")
+            return
+        downstream.declare_queues(sorted(names))
 
     @staticmethod
     def _pause(downstream: Downstream, stop: threading.Event, seconds: float) -> None:
