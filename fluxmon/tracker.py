@@ -512,6 +512,23 @@ class Tracker:
         """Drop a job without finishing it (purged, or gone while fluxmon was away)."""
         return self.jobs.pop(jobid, None)
 
+    def rewind(self, jobid: int) -> JobState | None:
+        """Forget all of a job, finished or not, so its events are taken afresh.
+
+        For a job whose history the source found rewritten (a broker that rolled back to
+        its last checkpoint and ran the job again): what the tracker held of it, and the
+        mark that it finished, are dropped, so the broker's history rebuilds it instead of
+        being refused as ``duplicate`` or ``after_inactive``. Returns the state it was in
+        (``INACTIVE`` if it had finished), None if the tracker did not know it.
+        """
+        job = self.jobs.pop(jobid, None)
+        if job is not None:
+            return job.state
+        if jobid in self._finished:
+            del self._finished[jobid]
+            return "INACTIVE"
+        return None
+
     def snapshot(self) -> dict[tuple[str, JobState], tuple[int, float]]:
         """Jobs now in each (queue, state), with the earliest state-entry timestamp."""
         out: dict[tuple[str, JobState], tuple[int, float]] = {}
