@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol, TypeGuard
 from fluxmon.events import (
     DEFAULT_QUEUE,
     EXEC,
+    JOURNAL_ONLY,
     MAIN,
     MAX_JOBID,
     RANK,
@@ -69,8 +70,6 @@ _ADVANCE: Final[Mapping[str, JobState]] = {
 }
 # Events that move SCHED back to PRIORITY (flux-core job-list "revert").
 _REVERT: Final = frozenset({"urgency", "jobspec-update", "flux-restart"})
-# Journal-only events: never written to a job's eventlog, so not job events at all.
-_JOURNAL_ONLY: Final = frozenset({"annotations"})
 _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "prolog-start": ("prolog", True),
     "prolog-finish": ("prolog", False),
@@ -450,7 +449,7 @@ class Tracker:
             return self._reject("malformed", f"{type(err).__name__}: {err}", event)
         if invalid:
             return self._reject("malformed", "event fields have the wrong types", event)
-        if name in _JOURNAL_ONLY:
+        if name in JOURNAL_ONLY:
             return True
         job = self.jobs.get(jobid)
         if job is None:

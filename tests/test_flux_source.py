@@ -799,6 +799,9 @@ def rolled_back(
     the broker has no more.
     """
     job = load_scenario(BY_STEM["a-success"])
+    alloc = job.first("alloc")
+    assert alloc is not None  # the journal sends annotations, never in the eventlog
+    job.main.insert(5, entry("annotations", alloc + 1e-4, annotations={"sched": {}}))
     broker = FakeBroker([job], start=SCENARIO_START)
     before = truth(broker, [job.jobid])
     crash = float(job.main[-1]["timestamp"]) + 1.0
@@ -814,7 +817,7 @@ def rolled_back(
     )
     broker.roll_back(crash, job.jobid, keep=keep, then=main, keep_exec=keep_exec,
                      then_exec=exec_events)  # fmt: skip
-    dropped = len(job.eventlog) - keep
+    dropped = len(job.eventlog) - sum(e["name"] != "annotations" for e in job.main[:keep])
     run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
     return run, job, before, dropped
 
@@ -860,9 +863,9 @@ def test_a_running_job_the_broker_rolled_back_ends_as_the_broker_says() -> None:
         ("free", {}),
         ("clean", {}),
     ]
-    # The broker keeps submit .. start and the exec eventlog's first two lines; its new
-    # events come after fluxmon reconnected (none in the history it reads).
-    run, job, before, dropped = rolled_back(6, then, after=5.0, keep_exec=2, rerun_exec=False)
+    # The broker keeps submit .. start (annotations after alloc included) and the exec
+    # eventlog's first two lines; its new events come after fluxmon reconnected.
+    run, job, before, dropped = rolled_back(7, then, after=5.0, keep_exec=2, rerun_exec=False)
     assert run.records("event.rejected") == []
     (rewound,) = run.records("job.rewound")
     assert (rewound["events_dropped"], rewound["events_new"]) == (4, 0)

@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fluxmon.events import EXEC, InvalidEvent, JobEvent, entry_event, shown
+from fluxmon.events import EXEC, JOURNAL_ONLY, InvalidEvent, JobEvent, entry_event, shown
 from fluxmon.sources import Downstream
 from fluxmon.sources.flux.bindings import WatchFuture
 from fluxmon.sources.flux.connection import Connection, describe, errno_name
@@ -106,12 +106,13 @@ class EventDelivery:
             jobid = event.jobid
             memory.since = max(memory.since, event.timestamp)
             name = event.name
-            memory.applied_to(
-                jobid,
-                event.timestamp,
-                submit=name == "submit",
-                last=name in ("clean", "invalidate"),
-            )
+            if name not in JOURNAL_ONLY:  # not in the eventlog, so not compared with it
+                memory.applied_to(
+                    jobid,
+                    event.timestamp,
+                    submit=name == "submit",
+                    last=name in ("clean", "invalidate"),
+                )
             if name == "submit":
                 memory.active.add(jobid)
             elif name == "alloc":

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from fluxmon.events import MAIN, JobEvent, shown
+from fluxmon.events import JOURNAL_ONLY, MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery, refuse, to_event
@@ -173,11 +173,13 @@ class JournalMode:
         for event in history:
             by_job.setdefault(event.jobid, []).append(event)
         news: list[JobEvent] = []
-        for jobid, events in by_job.items():
+        for jobid, job_events in by_job.items():
             known = memory.delivered(jobid)
             if known is None:
-                news.extend(event for event in events if event.timestamp > since)
+                news.extend(event for event in job_events if event.timestamp > since)
                 continue
+            # Journal-only events (annotations) are not in the eventlog: compare without.
+            events = [event for event in job_events if event.name not in JOURNAL_ONLY]
             agreed = 0
             for old, event in zip(known, events, strict=False):
                 if old != event.timestamp:
