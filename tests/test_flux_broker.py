@@ -717,11 +717,14 @@ def test_broker_crash_rollback_records_equal_the_broker_eventlogs(tmp_path: Path
             assert _until(idle, 120), "jobs still active after cancel"
         jobs = {j["id"]: j for j in json.loads(str(inst.run("jobs", "-a", "--json")))["jobs"]}
         eventlogs = {}
+        exec_lines = 0  # reported, not compared: exec events lost by the rollback stay counted
         for jobid in jobs:
             out = str(inst.run("job", "eventlog", "-f", "json", str(jobid)))
             eventlogs[jobid] = [
                 (e["name"], e["timestamp"]) for e in map(json.loads, out.splitlines())
             ]
+            exec_out = inst.run("job", "eventlog", "-p", "exec", str(jobid), check=False)
+            exec_lines += len((exec_out or "").splitlines())
 
         def lines() -> list[dict[str, Any]]:
             text = log_path.read_text().splitlines()
@@ -746,6 +749,10 @@ def test_broker_crash_rollback_records_equal_the_broker_eventlogs(tmp_path: Path
     vanished = {r["id"] for r in got if r["msg"] == "job.event"} - set(jobs)
     print(f"\nrollback: {len(rewound)} rewound, {len(reruns)} finished and ran again,"
           f" {stuck} stuck and canceled, {len(vanished)} lost by the broker")  # fmt: skip
+    exec_counted = sum(
+        s.value for s in metrics(text)["flux_job_events"] if s.labels["eventlog"] == "exec"
+    )
+    print(f"exec events: {exec_counted:g} counted, {exec_lines} in the broker's exec eventlogs")
     assert [r for r in got if r["msg"] == "event.rejected"] == []
     bad = [j for j, events in eventlogs.items() if not _rewind_check(got, j, events)]
     assert bad == [], bad
