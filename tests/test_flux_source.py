@@ -880,6 +880,34 @@ def test_a_running_job_the_broker_rolled_back_ends_as_the_broker_says() -> None:
     assert run.sample("fluxmon_tracked_jobs") == 0
 
 
+def test_events_a_known_job_has_at_or_before_since_are_not_skipped() -> None:
+    """History that goes on from what was delivered is delivered whole, even before ``since``."""
+    job = load_scenario(BY_STEM["a-success"])
+    job.main = job.main[:6]  # submit .. start: fluxmon sees it running
+    job.exec_events = []
+    start = float(job.main[-1]["timestamp"])
+    other = load_scenario(BY_STEM["b-exit3"])
+    other = other.shifted(start + 5.0 - other.submit_time)  # its events set ``since``
+    crash = float(other.main[-1]["timestamp"]) + 1.0
+    broker = FakeBroker([job, other], start=SCENARIO_START)
+    broker.drop(crash, down_for=2.0)
+    # The broker's history holds an end older than the other job's events (a clock step).
+    end: list[tuple[str, dict[str, Any]]] = [
+        ("finish", {"status": 0}),
+        ("release", {"ranks": "all", "final": True}),
+        ("free", {}),
+        ("clean", {}),
+    ]
+    then = [entry(name, start + 1.0 + 0.1 * i, **ctx) for i, (name, ctx) in enumerate(end)]
+    broker.roll_back(crash, job.jobid, keep=6, then=then)
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert run.records("job.rewound") == []
+    assert run.records("event.rejected") == []
+    assert set(run.finished()) == {job.jobid, other.jobid}
+    logged = [r["name"] for r in run.records("job.event") if r["id"] == job.jobid]
+    assert logged == [e["name"] for e in job.eventlog]
+
+
 def test_a_reconnect_whose_history_agrees_rewinds_nothing() -> None:
     """Without a rollback, a reconnect in the middle of jobs rewinds none of them."""
     run, *_ = run_reconnect(True)
