@@ -643,18 +643,41 @@ class _Instance:
         self.uri = f"local://{self.rundir}/local-0"
         self.env = {**fluxmon_env(), "FLUX_URI": self.uri}
         self.log = (tmp_path / "broker.log").open("a")
+        #: The initial program's pid: a SIGKILLed broker leaves it running.
+        self.rc2 = tmp_path / "rc2.pid"
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
         """Start the broker on the statedir and wait until it answers."""
         assert FLUX is not None
         proc = subprocess.Popen(
             [FLUX, "start", "--test-size=1", f"--test-rundir={self.rundir}",
-             f"-o,-Sstatedir={self.statedir},--config-path={self.conf}", "sleep", "100000"],
+             f"-o,-Sstatedir={self.statedir},--config-path={self.conf}",
+             "sh", "-c", f"echo $$ > {self.rc2}; exec sleep 100000"],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        self.procs.append(proc)
         # Up once job-list (loaded late in rc1) answers.
         assert _until(lambda: self.run("jobs", "-a", "-n", check=False) is not None, 120)
         return proc
+
+    def crash(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the broker (as a node crash would), then its orphaned initial program."""
+        pid = int(str(self.run("getattr", "broker.pid")).strip())
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        os.kill(int(self.rc2.read_text()), signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Shut every broker still up down (crash it if it does not stop)."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                continue
+            self.run("shutdown", "--quiet", check=False)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.crash(proc)
 
     def run(self, *args: str, check: bool = True) -> str | None:
         """``flux ARGS`` in the instance: its stdout (None on failure unless ``check``)."""
@@ -686,27 +709,25 @@ def _rewind_check(lines: list[dict[str, Any]], jobid: int, broker: list[tuple[st
 def test_broker_crash_rollback_records_equal_the_broker_eventlogs(tmp_path: Path) -> None:
     """Broker SIGKILLed mid-workload, restarted from its statedir: fluxmon equals its eventlogs."""
     inst = _Instance(tmp_path)
-    first = inst.start()
     port = free_port()
     conf = tmp_path / "fluxmon.toml"
     conf.write_text('[log]\nformat = "json"\n[flux]\nreconnect_min = 0.2\nreconnect_max = 1.0\n')
     log_path = tmp_path / "fluxmon.log"
     log = log_path.open("w")
-    fm = subprocess.Popen(
-        [inst.env["FLUXMON"], "run", "--uri", inst.uri, "--listen", f"127.0.0.1:{port}",
-         "-c", str(conf)],
-        env=fluxmon_env(), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    second = None
+    fm = None
     try:
+        first = inst.start()
+        fm = subprocess.Popen(
+            [inst.env["FLUXMON"], "run", "--uri", inst.uri, "--listen", f"127.0.0.1:{port}",
+             "-c", str(conf)],
+            env=fluxmon_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         assert _until(lambda: _ready(port), 120), "fluxmon not ready"
         inst.run("submit", "--cc=1-40", "--quiet", "sleep", "0.3")
         # Long enough for a KVS checkpoint with every submit, short of the workload's end.
         time.sleep(2.5)
-        pid = int(str(inst.run("getattr", "broker.pid")).strip())
-        os.kill(pid, signal.SIGKILL)
-        first.wait(timeout=60)
-        second = inst.start()
+        inst.crash(first)
+        inst.start()
         # flux-core 0.88 can leave a rolled-back job in SCHED for good ("already allocated"
         # in the job-manager's log): cancel what has not ended after a minute.
         idle = lambda: inst.run("jobs", "-n", "-o", "{id}", "-f", "active", check=False) == ""  # noqa: E731
@@ -737,12 +758,11 @@ def test_broker_crash_rollback_records_equal_the_broker_eventlogs(tmp_path: Path
         in_step = _until(caught_up, 60)
         text = _scrape_when(port, lambda m: True)
     finally:
-        fm.terminate()
-        fm.wait(timeout=30)
+        if fm is not None:
+            fm.terminate()
+            fm.wait(timeout=30)
         log.close()
-        if second is not None:
-            inst.run("shutdown", "--quiet", check=False)
-            second.wait(timeout=120)
+        inst.stop()
     got = lines()
     rewound = [r for r in got if r["msg"] == "job.rewound"]
     reruns = {r["id"] for r in rewound if r["was_state"] == "INACTIVE"}
