@@ -25,7 +25,7 @@ from structlog.typing import FilteringBoundLogger
 
 from fluxmon import __version__
 from fluxmon.config import Settings
-from fluxmon.events import MAIN, JobEvent
+from fluxmon.events import MAIN, JobEvent, f58
 from fluxmon.exitcodes import (
     EX_DATAERR,
     EX_IOERR,
@@ -255,6 +255,16 @@ class RecordDownstream:
 
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Nothing to forget: the recording keeps what was seen."""
+
+    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+        """Log a job the broker rewrote; the recording keeps both versions of its events."""
+        self._log.warning(
+            "job.rewound",
+            jobid=f58(jobid),
+            id=jobid,
+            events_dropped=events_dropped,
+            events_new=events_new,
+        )
 
     def heartbeat(self, quiet_for: float = 0.0) -> None:
         """Nothing to watch: ``record`` has no health endpoint."""

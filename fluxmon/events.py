@@ -15,6 +15,8 @@ from typing import Any, Final, Literal, NamedTuple, NoReturn
 #: Eventlog paths as Flux names them (RFC 21 main eventlog, exec system eventlog).
 MAIN: Final = "eventlog"
 EXEC: Final = "guest.exec.eventlog"
+#: Journal-only events: never written to a job's eventlog, so not job events at all.
+JOURNAL_ONLY: Final = frozenset({"annotations"})
 EVENTLOGS: Final = (MAIN, EXEC)
 
 #: Short eventlog names used as the ``eventlog`` metric label.

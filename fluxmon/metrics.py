@@ -354,6 +354,13 @@ class SelfMetrics:
         self.reconnects = own.add(
             Counter("fluxmon_reconnects", "Reconnections to the event source.", registry=None)
         )
+        self.rewound = own.add(
+            Counter(
+                "fluxmon_jobs_rewound",
+                "Jobs rebuilt from the broker's history after it contradicted fluxmon's.",
+                registry=None,
+            )
+        )
         self.processed = own.add(
             Counter("fluxmon_events_processed", "Events received from the source.", registry=None)
         )

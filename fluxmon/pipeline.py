@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import JobEvent, JobState
+from fluxmon.events import JobEvent, JobState, f58
 from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
 from fluxmon.tracker import Tracker, sink_kind
@@ -194,6 +194,21 @@ class Pipeline:
                 self._log.warning(
                     "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
                 )
+
+    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+        """Forget a job whose history the source found rewritten; log and count it."""
+        with self._lock:
+            was_state = self.tracker.rewind(jobid)
+        self._self.rewound.inc()
+        with self._records():
+            self._log.warning(
+                "job.rewound",
+                jobid=f58(jobid),
+                id=jobid,
+                was_state=was_state,
+                events_dropped=events_dropped,
+                events_new=events_new,
+            )
 
     def _sink_failed(self, where: str, error: Exception) -> None:
         """Count a sink's exception; log its traceback the first time that sink fails."""

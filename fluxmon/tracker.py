@@ -38,6 +38,7 @@ from typing import Any, Final, Protocol, TypeGuard
 from fluxmon.events import (
     DEFAULT_QUEUE,
     EXEC,
+    JOURNAL_ONLY,
     MAIN,
     MAX_JOBID,
     RANK,
@@ -69,8 +70,6 @@ _ADVANCE: Final[Mapping[str, JobState]] = {
 }
 # Events that move SCHED back to PRIORITY (flux-core job-list "revert").
 _REVERT: Final = frozenset({"urgency", "jobspec-update", "flux-restart"})
-# Journal-only events: never written to a job's eventlog, so not job events at all.
-_JOURNAL_ONLY: Final = frozenset({"annotations"})
 _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "prolog-start": ("prolog", True),
     "prolog-finish": ("prolog", False),
@@ -450,7 +449,7 @@ class Tracker:
             return self._reject("malformed", f"{type(err).__name__}: {err}", event)
         if invalid:
             return self._reject("malformed", "event fields have the wrong types", event)
-        if name in _JOURNAL_ONLY:
+        if name in JOURNAL_ONLY:
             return True
         job = self.jobs.get(jobid)
         if job is None:
@@ -511,6 +510,23 @@ class Tracker:
     def forget(self, jobid: int) -> Job | None:
         """Drop a job without finishing it (purged, or gone while fluxmon was away)."""
         return self.jobs.pop(jobid, None)
+
+    def rewind(self, jobid: int) -> JobState | None:
+        """Forget all of a job, finished or not, so its events are taken afresh.
+
+        For a job whose history the source found rewritten (a broker that rolled back to
+        its last checkpoint and ran the job again): what the tracker held of it, and the
+        mark that it finished, are dropped, so the broker's history rebuilds it instead of
+        being refused as ``duplicate`` or ``after_inactive``. Returns the state it was in
+        (``INACTIVE`` if it had finished), None if the tracker did not know it.
+        """
+        job = self.jobs.pop(jobid, None)
+        if job is not None:
+            return job.state
+        if jobid in self._finished:
+            del self._finished[jobid]
+            return "INACTIVE"
+        return None
 
     def snapshot(self) -> dict[tuple[str, JobState], tuple[int, float]]:
         """Jobs now in each (queue, state), with the earliest state-entry timestamp."""

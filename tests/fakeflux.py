@@ -180,6 +180,8 @@ class FakeJob:
     exec_shown: int = 0
     exec_done: bool = False
     purged: bool = False
+    #: Bumped by a rollback: timeline items scheduled before it no longer apply.
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         self.main.sort(key=lambda e: e["timestamp"])
@@ -656,7 +658,7 @@ class FakeBroker:
         clean = job.first("clean")
         if clean is not None:
             ends = [clean] + [job.exec_visible_at(i) for i in range(len(job.exec_events))]
-            self.at(max(ends), lambda: self._exec_end(job))
+            self.at(max(ends), self._bind(lambda j, _: self._exec_end(j), job, 0))
             if job.purge_at is not None:
                 self.at(max(job.purge_at, *ends), lambda: self._purge(job))
         while self.agenda and self.agenda[0][0] <= self.now:
@@ -664,7 +666,13 @@ class FakeBroker:
 
     @staticmethod
     def _bind(action: Callable[[FakeJob, int], None], job: FakeJob, i: int) -> Callable[[], None]:
-        return lambda: action(job, i)
+        epoch = job.epoch
+
+        def act() -> None:
+            if job.epoch == epoch:
+                action(job, i)
+
+        return act
 
     def _journals(self) -> list[FakeRPC]:
         """Live journal streams on connected handles."""
@@ -743,6 +751,42 @@ class FakeBroker:
             self.handles.clear()
 
         self.at(when, cut)
+
+    def roll_back(
+        self,
+        when: float,
+        jobid: int,
+        *,
+        keep: int,
+        then: list[Entry],
+        keep_exec: int = 0,
+        then_exec: Iterable[Entry] = (),
+    ) -> None:
+        """At ``when``, a crashed broker's rollback: the job's main eventlog is cut to its
+        first ``keep`` entries (exec: ``keep_exec``) and goes on with ``then`` (``then_exec``).
+
+        What flux-core does when rank 0 restarts from a KVS checkpoint older than the
+        job's last events; every timestamp in ``then``/``then_exec`` must be after ``when``.
+        """
+
+        def rewrite() -> None:
+            job = self.jobs[jobid]
+            job.epoch += 1
+            job.main = job.main[:keep] + list(then)
+            job.main_shown = min(job.main_shown, keep)
+            job.exec_events = job.exec_events[:keep_exec] + list(then_exec)
+            job.exec_shown = min(job.exec_shown, keep_exec)
+            job.exec_done = False
+            for i in range(keep, len(job.main)):
+                self.at(float(job.main[i]["timestamp"]), self._bind(self._main, job, i))
+            for i in range(keep_exec, len(job.exec_events)):
+                self.at(job.exec_visible_at(i), self._bind(self._exec, job, i))
+            clean = job.first("clean")
+            if clean is not None:
+                ends = [clean] + [job.exec_visible_at(i) for i in range(len(job.exec_events))]
+                self.at(max(ends), self._bind(lambda j, _: self._exec_end(j), job, 0))
+
+        self.at(when, rewrite)
 
     def stop_when_idle(self, stop: threading.Event, *, after: float = 0.0) -> None:
         """Set ``stop`` once the timeline is empty (and the clock is past ``after``)."""

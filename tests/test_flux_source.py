@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -36,6 +36,7 @@ from fluxmon.events import EXEC, MAIN
 from fluxmon.exitcodes import EX_OK, EX_UNAVAILABLE
 from fluxmon.metrics import SelfMetrics
 from fluxmon.sources.flux import HOLD_SECONDS, Checkpoint, FluxSource, FluxUnavailable
+from fluxmon.sources.flux.connection import FINISHED_REMEMBERED, Memory
 from fluxmon.sources.replay import ReplaySource
 from fluxmon.testing import parse_log
 from tests.conftest import DATA, SCENARIOS, expected
@@ -48,6 +49,7 @@ from tests.fakeflux import (
     FakeRPC,
     VirtualStop,
     broker_from_raw_journal,
+    entry,
     late_exec,
     load_raw_journal,
     load_scenario,
@@ -778,6 +780,152 @@ def test_reconnect_counts_exec_events_of_jobs_that_finished_while_away() -> None
     others = [j for j in broker.jobs if j not in (history_job, purged)]
     want = truth(broker, others) + seen_before_drop(broker.jobs[purged])
     assert run.events_counted() == want
+
+
+def rolled_back(
+    keep: int,
+    then: list[tuple[str, dict[str, Any]]],
+    *,
+    after: float,
+    keep_exec: int = 0,
+    rerun_exec: bool,
+) -> tuple[Run, FakeJob, Counter[tuple[str, str]], int]:
+    """a-success finishes, then its broker crashes and rolls it back to ``keep`` main events.
+
+    ``then`` (name, context) follow from ``after`` s after the crash, 0.1 s apart (the
+    broker is down for 2 s); with ``rerun_exec`` the job's shell runs again between the
+    third and the fourth.
+    Returns the run, the job, the events it had before the crash and how many of them
+    the broker has no more.
+    """
+    job = load_scenario(BY_STEM["a-success"])
+    alloc = job.first("alloc")
+    assert alloc is not None  # the journal sends annotations, never in the eventlog
+    job.main.insert(5, entry("annotations", alloc + 1e-4, annotations={"sched": {}}))
+    broker = FakeBroker([job], start=SCENARIO_START)
+    before = truth(broker, [job.jobid])
+    crash = float(job.main[-1]["timestamp"]) + 1.0
+    broker.drop(crash, down_for=2.0)
+    main = [entry(name, crash + after + 0.1 * i, **ctx) for i, (name, ctx) in enumerate(then)]
+    exec_events = (
+        [
+            entry(name, crash + after + 0.25 + 0.01 * i)
+            for i, name in enumerate(("init", "starting"))
+        ]
+        if rerun_exec
+        else []
+    )
+    broker.roll_back(crash, job.jobid, keep=keep, then=main, keep_exec=keep_exec,
+                     then_exec=exec_events)  # fmt: skip
+    dropped = len(job.eventlog) - sum(e["name"] != "annotations" for e in job.main[:keep])
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    return run, job, before, dropped
+
+
+RERUN: Final[list[tuple[str, dict[str, Any]]]] = [
+    ("flux-restart", {}),
+    ("priority", {"priority": 16}),
+    ("alloc", {}),
+    ("start", {}),
+    ("finish", {"status": 0}),
+    ("release", {"ranks": "all", "final": True}),
+    ("free", {}),
+    ("clean", {}),
+]
+
+
+def test_a_job_the_rolled_back_broker_runs_again_is_counted_twice_and_finishes_twice() -> None:
+    """A finished job rolled back to SCHED and run again: rewound, each run counted once."""
+    # The re-run happens while fluxmon is away: all of it is in the history it reads.
+    run, job, before, dropped = rolled_back(4, RERUN, after=0.5, rerun_exec=True)
+    assert run.sample("fluxmon_reconnects_total") == 1
+    assert run.records("event.rejected") == []
+    (rewound,) = run.records("job.rewound")
+    assert (rewound["id"], rewound["was_state"]) == (job.jobid, "INACTIVE")
+    assert (rewound["events_dropped"], rewound["events_new"]) == (dropped, len(RERUN))
+    assert dropped == 6
+    assert run.sample("fluxmon_jobs_rewound_total") == 1
+    new = Counter(("main", name) for name, _ in RERUN) + Counter(
+        {("exec", "init"): 1, ("exec", "starting"): 1}
+    )
+    assert run.events_counted() == before + new
+    finished = [r for r in run.records("job.finished") if r["id"] == job.jobid]
+    assert [r["result"] for r in finished] == ["completed", "completed"]
+    assert finished[1]["t_run"] > finished[0]["t_inactive"]  # the second is the new run
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_a_running_job_the_broker_rolled_back_ends_as_the_broker_says() -> None:
+    """A job rolled back to RUN and failed by the restarted broker: its end is counted."""
+    then: list[tuple[str, dict[str, Any]]] = [
+        ("exception", {"type": "exec", "severity": 0, "userid": 0, "note": "no guest ns"}),
+        ("release", {"ranks": "all", "final": True}),
+        ("free", {}),
+        ("clean", {}),
+    ]
+    # The broker keeps submit .. start (annotations after alloc included) and the exec
+    # eventlog's first two lines; its new events come after fluxmon reconnected.
+    run, job, before, dropped = rolled_back(7, then, after=5.0, keep_exec=2, rerun_exec=False)
+    assert run.records("event.rejected") == []
+    (rewound,) = run.records("job.rewound")
+    assert (rewound["events_dropped"], rewound["events_new"]) == (4, 0)
+    assert dropped == 4
+    # init and starting, read again from the exec eventlog, are not counted twice.
+    assert run.events_counted() == before + Counter(("main", name) for name, _ in then)
+    finished = [r for r in run.records("job.finished") if r["id"] == job.jobid]
+    assert [(r["result"], r["exception_type"]) for r in finished] == [
+        ("completed", None),
+        ("failed", "exec"),
+    ]
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+def test_events_a_known_job_has_at_or_before_since_are_not_skipped() -> None:
+    """History that goes on from what was delivered is delivered whole, even before ``since``."""
+    job = load_scenario(BY_STEM["a-success"])
+    job.main = job.main[:6]  # submit .. start: fluxmon sees it running
+    job.exec_events = []
+    start = float(job.main[-1]["timestamp"])
+    other = load_scenario(BY_STEM["b-exit3"])
+    other = other.shifted(start + 5.0 - other.submit_time)  # its events set ``since``
+    crash = float(other.main[-1]["timestamp"]) + 1.0
+    broker = FakeBroker([job, other], start=SCENARIO_START)
+    broker.drop(crash, down_for=2.0)
+    # The broker's history holds an end older than the other job's events (a clock step).
+    end: list[tuple[str, dict[str, Any]]] = [
+        ("finish", {"status": 0}),
+        ("release", {"ranks": "all", "final": True}),
+        ("free", {}),
+        ("clean", {}),
+    ]
+    then = [entry(name, start + 1.0 + 0.1 * i, **ctx) for i, (name, ctx) in enumerate(end)]
+    broker.roll_back(crash, job.jobid, keep=6, then=then)
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert run.records("job.rewound") == []
+    assert run.records("event.rejected") == []
+    assert set(run.finished()) == {job.jobid, other.jobid}
+    logged = [r["name"] for r in run.records("job.event") if r["id"] == job.jobid]
+    assert logged == [e["name"] for e in job.eventlog]
+
+
+def test_a_reconnect_whose_history_agrees_rewinds_nothing() -> None:
+    """Without a rollback, a reconnect in the middle of jobs rewinds none of them."""
+    run, *_ = run_reconnect(True)
+    assert run.records("job.rewound") == []
+    assert run.sample("fluxmon_jobs_rewound_total") == 0
+
+
+def test_memory_of_finished_jobs_is_bounded() -> None:
+    """The source remembers the main-event timestamps of at most FINISHED_REMEMBERED jobs."""
+    memory = Memory()
+    for jobid in range(FINISHED_REMEMBERED + 10):
+        memory.applied_to(jobid, 1.0, submit=True, last=False)
+        memory.applied_to(jobid, 2.0, submit=False, last=True)
+    memory.applied_to(99_999, 3.0, submit=False, last=False)  # no submit: not remembered
+    assert len(memory.finished) == FINISHED_REMEMBERED
+    assert memory.applied == {}
+    assert memory.delivered(0) is None
+    assert memory.delivered(FINISHED_REMEMBERED + 9) == [1.0, 2.0]
 
 
 def test_held_clean_survives_a_dropped_connection() -> None:

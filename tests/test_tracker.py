@@ -182,6 +182,25 @@ def test_invalidate_drops_the_job() -> None:
     assert sink.finished == []
 
 
+def test_rewind_lets_a_finished_job_be_taken_afresh() -> None:
+    """After rewind, a finished job's history is accepted again instead of refused."""
+    events = lifecycle(3, 50.0)
+    tracker, sink = run(*events)
+    assert tracker.apply(events[0]) is False  # a repeat of a finished job's submit
+    assert tracker.rejected["duplicate"] == 1
+    assert tracker.rewind(3) == "INACTIVE"
+    for event in events[:4]:
+        assert tracker.apply(event, live=False)
+    assert tracker.rewind(3) == "SCHED"
+    assert tracker.jobs == {}
+    assert tracker.rewind(3) is None
+    assert tracker.rewind(4) is None
+    for event in events:
+        assert tracker.apply(event)
+    assert len(sink.finished) == 2
+    assert tracker.rejected["duplicate"] == 1
+
+
 def test_history_rebuilds_state_silently() -> None:
     """Events replayed with live=False rebuild state but report nothing."""
     events = lifecycle(3, 50.0)

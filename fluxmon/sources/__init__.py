@@ -47,6 +47,14 @@ class Downstream(Protocol):
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Drop jobs that vanished while the source was away (purged, instance restarted)."""
 
+    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+        """Forget a job, finished or not: the broker's history contradicts what was delivered.
+
+        The broker rolled back and ran the job again. The source then delivers the
+        history the two agree on as history and the rest as live; ``events_dropped``
+        delivered events are not in the broker's history, ``events_new`` of it are new.
+        """
+
     def heartbeat(self, quiet_for: float = 0.0) -> None:
         """The source's loop is turning (call it at least every few seconds, from the loop).
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import errno
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from structlog.typing import FilteringBoundLogger
 
@@ -40,6 +41,11 @@ class Start(enum.Enum):
     RECONNECTED = "reconnected"
 
 
+#: Finished jobs whose main-eventlog timestamps are remembered, so that a broker that
+#: rolled back and runs one of them again is noticed (newest first; older are dropped).
+FINISHED_REMEMBERED: Final = 4096
+
+
 @dataclass
 class Memory:
     """What the source remembers across connections (the tracker outlives them too)."""
@@ -52,6 +58,33 @@ class Memory:
     main_last: dict[int, float] = field(default_factory=dict)  # watch mode: per job
     done: dict[int, float] = field(default_factory=dict)  # watch mode: finished, when
     held_over: dict[int, list[JobEvent]] = field(default_factory=dict)  # cleans held at a drop
+    #: Timestamps of the main events delivered, per job: active jobs, and the last
+    #: ``FINISHED_REMEMBERED`` finished ones; compared with the broker's history on reconnect.
+    applied: dict[int, list[float]] = field(default_factory=dict)
+    finished: OrderedDict[int, list[float]] = field(default_factory=OrderedDict)
+    #: Rewound jobs: their exec events at or before this time were delivered before.
+    exec_quiet: dict[int, float] = field(default_factory=dict)
+
+    def applied_to(self, jobid: int, timestamp: float, *, submit: bool, last: bool) -> None:
+        """Remember a delivered main event (``last``: the job's clean or invalidate)."""
+        applied = self.applied.get(jobid)
+        if applied is None:
+            if not submit:
+                return  # not a job that was submitted: nothing to compare later
+            applied = self.applied[jobid] = []
+        applied.append(timestamp)
+        if last:
+            del self.applied[jobid]
+            finished = self.finished
+            finished[jobid] = applied
+            finished.move_to_end(jobid)
+            if len(finished) > FINISHED_REMEMBERED:
+                finished.popitem(last=False)
+
+    def delivered(self, jobid: int) -> list[float] | None:
+        """Timestamps of the job's main events delivered so far (None: not remembered)."""
+        found = self.applied.get(jobid)
+        return found if found is not None else self.finished.get(jobid)
 
 
 @dataclass

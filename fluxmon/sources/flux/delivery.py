@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fluxmon.events import EXEC, InvalidEvent, JobEvent, entry_event, shown
+from fluxmon.events import EXEC, JOURNAL_ONLY, InvalidEvent, JobEvent, entry_event, shown
 from fluxmon.sources import Downstream
 from fluxmon.sources.flux.bindings import WatchFuture
 from fluxmon.sources.flux.connection import Connection, describe, errno_name
@@ -106,6 +106,13 @@ class EventDelivery:
             jobid = event.jobid
             memory.since = max(memory.since, event.timestamp)
             name = event.name
+            if name not in JOURNAL_ONLY:  # not in the eventlog, so not compared with it
+                memory.applied_to(
+                    jobid,
+                    event.timestamp,
+                    submit=name == "submit",
+                    last=name in ("clean", "invalidate"),
+                )
             if name == "submit":
                 memory.active.add(jobid)
             elif name == "alloc":
@@ -168,6 +175,19 @@ class EventDelivery:
         memory.exec_seen.pop(jobid, None)
         memory.main_last.pop(jobid, None)
         memory.held_over.pop(jobid, None)
+        memory.exec_quiet.pop(jobid, None)
+        memory.applied.pop(jobid, None)  # a clean has moved it to ``finished`` already
+
+    def rewind(self, jobid: int) -> None:
+        """Forget all that is remembered of a job the broker's history rewrote."""
+        self.job_gone(jobid)
+        memory = self._memory
+        memory.applied.pop(jobid, None)
+        memory.finished.pop(jobid, None)
+        held = self._held.pop(jobid, None)
+        if held is not None and (jobid, EXEC) in self._watches:
+            self._close(jobid, EXEC, self._watches[(jobid, EXEC)])
+        memory.exec_quiet[jobid] = memory.exec_since
 
     def resume(self) -> None:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
@@ -207,7 +227,8 @@ class EventDelivery:
             return  # re-read after a reconnect
         seen.add(key)
         memory.exec_since = max(memory.exec_since, event.timestamp)
-        live = event.timestamp > self.exec_history_until
+        quiet = max(self.exec_history_until, memory.exec_quiet.get(event.jobid, -math.inf))
+        live = event.timestamp > quiet
         self._connection.downstream.events([event], live=live)
 
     # -- watches ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from fluxmon.events import MAIN, JobEvent, shown
+from fluxmon.events import JOURNAL_ONLY, MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery, refuse, to_event
@@ -145,12 +145,54 @@ class JournalMode:
                 news = [event for event in history if event.timestamp > since]
             case Start.RECONNECTED:
                 self._forget_vanished()
-                news = [event for event in history if event.timestamp > since]
+                news = self._reconcile(history, since)
         # Exec watches opened here and at each alloc among the news hold those jobs'
         # cleans until their exec eventlogs are read.
         delivery.resume()
         delivery.deliver_main(news, live=True)
         connection.go_live()
+
+    def _reconcile(self, history: list[JobEvent], since: float) -> list[JobEvent]:
+        """After a reconnect: what of the history to deliver live; rewinds rewritten jobs.
+
+        A job fluxmon delivered events of is compared with the broker's history by its
+        main-event timestamps. Where the history goes on from what was delivered, the rest
+        is new (even at or before ``since``). Where it does not (a rank-0 broker that was
+        killed rolled its KVS back to its last checkpoint: a job that finished is active
+        again, its eventlog is shorter, or goes on with other events, see flux-core's
+        ``job-manager/restart.c`` ``restart_from_kvs``), the broker's word wins: the job
+        is forgotten, the events both agree on are delivered again as history and the
+        rest live. Jobs not remembered are taken by ``since`` as before.
+        """
+        memory, delivery, downstream = (
+            self._connection.memory,
+            self._delivery,
+            self._connection.downstream,
+        )
+        by_job: dict[int, list[JobEvent]] = {}
+        for event in history:
+            by_job.setdefault(event.jobid, []).append(event)
+        news: list[JobEvent] = []
+        for jobid, job_events in by_job.items():
+            known = memory.delivered(jobid)
+            if known is None:
+                news.extend(event for event in job_events if event.timestamp > since)
+                continue
+            # Journal-only events (annotations) are not in the eventlog: compare without.
+            events = [event for event in job_events if event.name not in JOURNAL_ONLY]
+            agreed = 0
+            for old, event in zip(known, events, strict=False):
+                if old != event.timestamp:
+                    break
+                agreed += 1
+            if agreed < len(known):
+                dropped = len(known) - agreed
+                delivery.rewind(jobid)
+                downstream.rewind(jobid, events_dropped=dropped, events_new=len(events) - agreed)
+                delivery.deliver_main(events[:agreed], live=False, watch_exec=False)
+            news.extend(events[agreed:])
+        news.sort(key=lambda event: event.timestamp)
+        return news
 
     def _forget_vanished(self) -> None:
         """Jobs tracked before the drop that the new history does not mention are gone."""
