@@ -543,6 +543,7 @@ class LogSink(NullSink):
             userid=job.userid,
             queue=job.queue,
             eventlog=EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+            seq=job.seq,
             name=event.name,
             event_ts=event.timestamp,
             state=job.state,
