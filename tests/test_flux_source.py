@@ -1212,3 +1212,153 @@ def test_foreign_job_refused_once_while_it_stays_listed() -> None:
     )
     assert len(broker.job_lists) > 40  # the job was listed by many polls
     assert run.sample("fluxmon_watch_errors_total", errno="EPERM") == 1
+
+
+def event_keys(records: list[dict[str, Any]]) -> list[tuple[int, str, int, str, float]]:
+    """(id, eventlog, seq, name, event_ts) of each job.event record, in log order."""
+    return [
+        (r["id"], r["eventlog"], r["seq"], r["name"], r["event_ts"])
+        for r in records
+        if r["msg"] == "job.event"
+    ]
+
+
+def eventlog_keys(
+    broker: FakeBroker, jobids: Iterable[int]
+) -> set[tuple[int, str, int, str, float]]:
+    """The key of every line of the jobs' main and exec eventlogs, as records carry it."""
+    out = set()
+    for jobid in jobids:
+        job = broker.jobs[jobid]
+        for label, entries in (("main", job.eventlog), ("exec", job.exec_events)):
+            for seq, entry in enumerate(entries):
+                out.add((jobid, label, seq, entry["name"], float(entry["timestamp"])))
+    return out
+
+
+def kill_and_restart(
+    directory: Path,
+    kill_after: float,
+    history: float,
+    transform: Callable[[FakeJob], FakeJob] | None = None,
+) -> str | None:
+    """SIGKILL fluxmon ``kill_after`` s into a run, restart it; check the records of both.
+
+    The kill keeps only what was on disk and in the log at that moment (no exit save).
+    With ``history`` some jobs ran before the first start (taken as history, never
+    logged), and the first start had no checkpoint file yet. Returns the checkpoint
+    file as the kill left it.
+    """
+    for stale in directory.iterdir():
+        stale.unlink()
+    start = SCENARIO_START + history
+    broker = FakeBroker(scenario_jobs(transform=transform), start=start)
+    settings = make_settings()
+    checkpoint = Checkpoint(directory)
+    at_kill: dict[str, Any] = {}
+
+    def kill(stop: VirtualStop, run: Run) -> None:
+        at_kill["file"] = checkpoint.path.read_text() if checkpoint.path.exists() else None
+        at_kill["log"] = run.log.getvalue()
+        stop.set()
+
+    stop = VirtualStop(broker)
+    first = prepare(broker, settings, stop, checkpoint=checkpoint)
+    broker.at(start + kill_after, lambda: kill(stop, first))
+    first.source.run(first.parts.pipeline, stop)
+    if at_kill["file"] is None:
+        checkpoint.path.unlink(missing_ok=True)
+    else:
+        checkpoint.path.write_text(at_kill["file"])
+    broker.advance(1.0)  # fluxmon is down for a second
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    second = prepare(broker, settings, stop, checkpoint=Checkpoint(directory))
+    second.source.run(second.parts.pipeline, stop)
+
+    before = parse_log(at_kill["log"])
+    after = second.records()
+    # History: what the broker held at the first start, up to its newest event.
+    horizon = max(
+        (e["timestamp"] for j in broker.jobs.values() for e in j.main if e["timestamp"] <= start),
+        default=0.0,
+    )
+    logged = event_keys(before) + event_keys(after)
+    assert len(logged) == len(set(logged)), "a job.event logged twice"
+    assert set(logged) == {k for k in eventlog_keys(broker, broker.jobs) if k[4] > horizon}
+    finished = [r["id"] for r in before + after if r["msg"] == "job.finished"]
+    assert sorted(finished) == sorted(
+        j.jobid for j in broker.jobs.values() if (j.first("clean") or 0.0) > horizon
+    )
+    assert checkpoint.path.exists()
+    file: str | None = at_kill["file"]
+    return file
+
+
+@pytest.mark.parametrize("history", [0.0, 1.5], ids=["no-history", "history"])
+@pytest.mark.parametrize("kill_after", [0.05, 0.4, 1.1, 2.0, 2.6, 3.3, 5.0])
+def test_kill_repeats_nothing_and_loses_nothing(
+    tmp_path: Path, kill_after: float, history: float
+) -> None:
+    """A SIGKILL at any moment, then a restart: every eventlog line logged once, every job once.
+
+    Without a log writer thread a batch's records are out before its checkpoint is
+    saved, so here even the one batch in flight is not repeated.
+    """
+    kill_and_restart(tmp_path, kill_after, history)
+
+
+def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) -> None:
+    """A kill while a job's clean waits for its exec eventlog: the restart logs its finish once."""
+
+    def slow_exec(job: FakeJob) -> FakeJob:
+        return late_exec(job, after_clean=0.5)
+
+    cleans = sorted(
+        clean
+        for job in scenario_jobs()
+        if job.exec_events and (clean := job.first("clean")) is not None
+    )
+    held = []
+    for clean in cleans[:3]:
+        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_exec)
+        assert file is not None
+        held.append(json.loads(file).get("held"))
+    assert all(held), held
+
+
+def test_checkpoint_follows_each_live_batch_not_a_timer(tmp_path: Path) -> None:
+    """The checkpoint holds the newest delivered timestamp right after a batch, with no wait."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    seen: list[float] = []
+
+    def look() -> None:
+        data = json.loads(checkpoint.path.read_text())
+        seen.append(data["since"])
+        newest = max(r["event_ts"] for r in run.records("job.event") if r["eventlog"] == "main")
+        assert data["since"] >= newest
+        stop.set()
+
+    broker.at(SCENARIO_START + 0.7, look)
+    run.source.run(run.parts.pipeline, stop)
+    assert seen
+
+
+def test_checkpoint_waits_for_the_log_writer(tmp_path: Path) -> None:
+    """Saves go through after_written: none is made before the writer says records are out."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    waiting: list[Callable[[], None]] = []
+    run.source.after_written = waiting.append
+    run.source.run(run.parts.pipeline, stop)
+    assert waiting
+    assert not checkpoint.path.exists()
+    waiting[-1]()
+    since = json.loads(checkpoint.path.read_text())["since"]
+    assert since == max(e["timestamp"] for j in broker.jobs.values() for e in j.eventlog)

@@ -163,8 +163,6 @@ def test_scenario_seq_is_the_eventlog_line_index(
         want[(eventlog, count[eventlog])] = (line["name"], line["timestamp"])
         count[eventlog] += 1
     out = replay([path])
-    got = {
-        (r["eventlog"], r["seq"]): (r["name"], r["event_ts"]) for r in out.records("job.event")
-    }
+    got = {(r["eventlog"], r["seq"]): (r["name"], r["event_ts"]) for r in out.records("job.event")}
     assert len(out.records("job.event")) == len(lines)
     assert got == want

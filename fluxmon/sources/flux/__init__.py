@@ -11,8 +11,10 @@ ends (``delivery``).
 Each connection runs one Flux reactor on the source thread (``source``), with a
 :class:`~fluxmon.sources.flux.connection.Connection` that the mode and the delivery
 share. Callbacks never raise (an escaping exception would stop the reactor): each is
-wrapped, and a failure is logged. A repeating timer checks the stop flag, writes the
-checkpoint, releases overdue held cleans and, in watch mode, polls job-list.
+wrapped, and a failure is logged. A repeating timer checks the stop flag,
+releases overdue held cleans and, in watch mode, polls job-list. The checkpoint is
+saved after each live batch, through the log writer (``FluxSource.after_written``),
+once that batch's records are written.
 
 Reconnects: the tracker outlives a connection. On reconnect, history events at or
 before the newest timestamp already delivered are skipped, newer ones are delivered as

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,6 +18,8 @@ FORMAT_VERSION: Final = 1
 #: Seconds a checkpoint's timestamps may lie ahead of this host's clock (clock skew
 #: between this host and the broker's); further ahead, the file is not trusted.
 MAX_SKEW: Final = 300.0
+#: Most jobs a checkpoint may name in ``held`` (cleans held for exec eventlogs).
+MAX_HELD: Final = 1_000_000
 
 
 class InvalidCheckpoint(ValueError):
@@ -55,6 +59,21 @@ def parse(data: Any, now: float) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def parse_held(data: dict[str, Any]) -> frozenset[int]:
+    """The ``held`` jobids of a checkpoint that :func:`parse` accepted (absent: none).
+
+    Jobs whose ``clean`` was at or before ``since`` but not yet delivered (held back
+    until their exec eventlog was read): their clean is still to be counted.
+    """
+    held = data.get("held", [])
+    if not isinstance(held, list) or len(held) > MAX_HELD:
+        raise InvalidCheckpoint(f"held is not a list of at most {MAX_HELD} jobids")
+    for jobid in held:
+        if type(jobid) is not int or not 0 <= jobid < 2**64:
+            raise InvalidCheckpoint(f"held has {json.dumps(jobid)}, not a jobid")
+    return frozenset(held)
+
+
 class Checkpoint:
     """The newest main and exec event timestamps delivered, in ``CHECKPOINT_FILE``.
 
@@ -64,8 +83,11 @@ class Checkpoint:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / CHECKPOINT_FILE
-        self._written: tuple[float, float] | None = None
+        self._written: tuple[float, float, frozenset[int]] | None = None
         self._warned = False
+        self._lock = threading.Lock()  # saves come from the log writer's thread
+        #: The ``held`` jobids :meth:`load` read.
+        self.held: frozenset[int] = frozenset()
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -83,19 +105,40 @@ class Checkpoint:
             log.warning("checkpoint.unreadable", path=str(self.path), error=str(err))
             return 0.0, 0.0
         try:
-            since, exec_since = parse(json.loads(text), now)
+            data = json.loads(text)
+            since, exec_since = parse(data, now)
+            held = parse_held(data)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
-        self._written = (since, exec_since)
+        self._written = (since, exec_since, held)
+        self.held = held
         return since, exec_since
 
-    def save(self, since: float, exec_since: float, log: FilteringBoundLogger) -> None:
+    def save(
+        self,
+        since: float,
+        exec_since: float,
+        log: FilteringBoundLogger,
+        held: Iterable[int] = (),
+    ) -> None:
         """Write durably, only when it changed: a temporary file, fsync, rename, fsync."""
-        if since <= 0 or self._written == (since, exec_since):
+        with self._lock:
+            self._save(since, exec_since, log, frozenset(held))
+
+    def _save(
+        self, since: float, exec_since: float, log: FilteringBoundLogger, held: frozenset[int]
+    ) -> None:
+        if since <= 0 or self._written == (since, exec_since, held):
             return
         tmp = self.path.with_suffix(".tmp")
-        data = {"version": FORMAT_VERSION, "since": float(since), "exec_since": float(exec_since)}
+        data: dict[str, object] = {
+            "version": FORMAT_VERSION,
+            "since": float(since),
+            "exec_since": float(exec_since),
+        }
+        if held:
+            data["held"] = sorted(held)
         try:
             with tmp.open("w") as file:
                 file.write(json.dumps(data) + "\n")
@@ -112,4 +155,4 @@ class Checkpoint:
                 self._warned = True
                 log.warning("checkpoint.unwritable", path=str(self.path), error=str(err))
             return
-        self._written = (since, exec_since)
+        self._written = (since, exec_since, held)

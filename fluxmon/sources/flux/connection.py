@@ -52,6 +52,9 @@ class Memory:
     main_last: dict[int, float] = field(default_factory=dict)  # watch mode: per job
     done: dict[int, float] = field(default_factory=dict)  # watch mode: finished, when
     held_over: dict[int, list[JobEvent]] = field(default_factory=dict)  # cleans held at a drop
+    #: Jobs whose clean is at or before ``since`` but was never delivered (the checkpoint's
+    #: ``held``): it is delivered live when it comes, and the job stays here until then.
+    pending_cleans: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -71,6 +74,9 @@ class Connection:
     start: Start
     flux_version: str
     connected_at: float  # wall clock
+    #: Makes a position durable once the records delivered so far are written:
+    #: ``(since, exec_since, held jobids)``; None: no checkpoint.
+    save_position: Callable[[float, float, frozenset[int]], None] | None = None
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

@@ -44,6 +44,9 @@ from fluxmon.sources.flux.connection import Connection, describe, errno_name
 
 #: Longest time a job's ``clean`` waits for its exec watch to end.
 HOLD_SECONDS: Final = 10.0
+#: The checkpoint's ``since`` when a first start found no history at all: every event
+#: after it is news (``since`` 0 would mean "no checkpoint").
+NO_HISTORY: Final = 1e-06
 #: Most characters of a refused payload's description kept in its record.
 MAX_DETAIL: Final = 300
 #: Watch errors that mean the connection is gone: the session ends, held cleans are
@@ -95,6 +98,27 @@ class EventDelivery:
         self._warned_limit = False
         #: Exec events at or before this wall-clock time are history (not counted live).
         self.exec_history_until = -math.inf
+        #: Main events at or before this time were a first start's history (0: none).
+        self.history_until = 0.0
+
+    # -- the checkpoint ---------------------------------------------------------------
+
+    def mark(self) -> None:
+        """Save the position reached once the records delivered so far are written.
+
+        Called after each live delivery and when history is in. The position is what
+        has been delivered: the newest main timestamp (or the first start's history
+        horizon), the exec horizon, and the jobs whose ``clean`` lies at or before it
+        but is held back (so a restart still delivers it).
+        """
+        connection = self._connection
+        if connection.save_position is None:
+            return
+        memory = self._memory
+        since = max(memory.since, self.history_until)
+        exec_since = max(memory.exec_since, self.exec_history_until)
+        held = frozenset(self._held).union(memory.held_over, memory.pending_cleans)
+        connection.save_position(since, exec_since, held)
 
     # -- main events ------------------------------------------------------------------
 
@@ -120,6 +144,8 @@ class EventDelivery:
             out.append(event)
         if out:
             self._connection.downstream.events(out, live=live)
+            if live:
+                self.mark()
 
     def _hold(self, event: JobEvent) -> None:
         held, deadline = self._held.get(event.jobid, ([], 0.0))
@@ -133,6 +159,7 @@ class EventDelivery:
         if held:
             self.job_gone(jobid)
             self._connection.downstream.events(held, live=True)
+            self.mark()
 
     def release_overdue(self, now: float) -> None:
         """Stop waiting for exec watches whose job's clean has been held past its deadline."""
@@ -168,6 +195,7 @@ class EventDelivery:
         memory.exec_seen.pop(jobid, None)
         memory.main_last.pop(jobid, None)
         memory.held_over.pop(jobid, None)
+        memory.pending_cleans.discard(jobid)
 
     def resume(self) -> None:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
@@ -209,6 +237,8 @@ class EventDelivery:
         memory.exec_since = max(memory.exec_since, event.timestamp)
         live = event.timestamp > self.exec_history_until
         self._connection.downstream.events([event], live=live)
+        if live:
+            self.mark()
 
     # -- watches ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Final
 from fluxmon.events import MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import EventDelivery, refuse, to_event
+from fluxmon.sources.flux.delivery import NO_HISTORY, EventDelivery, refuse, to_event
 
 #: Journal refusals that mean "use watch mode" (flux.mode = "auto").
 _REFUSALS = {
@@ -137,12 +137,16 @@ class JournalMode:
         match connection.start:
             case Start.FRESH:
                 delivery.exec_history_until = history[-1].timestamp if history else 0.0
+                delivery.history_until = history[-1].timestamp if history else NO_HISTORY
                 delivery.deliver_main(history, live=False, watch_exec=False)
             case Start.RESUMED:
                 delivery.exec_history_until = connection.memory.exec_since
-                old = [event for event in history if event.timestamp <= since]
+                pending = connection.memory.pending_cleans
+                old: list[JobEvent] = []
+                for event in history:
+                    late_clean = event.jobid in pending and event.name in ("clean", "invalidate")
+                    (news if event.timestamp > since or late_clean else old).append(event)
                 delivery.deliver_main(old, live=False, watch_exec=False)
-                news = [event for event in history if event.timestamp > since]
             case Start.RECONNECTED:
                 self._forget_vanished()
                 news = [event for event in history if event.timestamp > since]
@@ -151,6 +155,7 @@ class JournalMode:
         delivery.resume()
         delivery.deliver_main(news, live=True)
         connection.go_live()
+        delivery.mark()  # the first start's history horizon is durable from here
 
     def _forget_vanished(self) -> None:
         """Jobs tracked before the drop that the new history does not mention are gone."""

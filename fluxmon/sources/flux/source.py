@@ -23,10 +23,13 @@ from fluxmon.sources.flux.watch import WatchMode
 
 #: The system instance's URI, used when neither the config nor FLUX_URI name one.
 SYSTEM_URI: Final = "local:///run/flux/local"
-#: Period of the housekeeping timer (stop flag, checkpoint, held cleans, polling).
+#: Period of the housekeeping timer (stop flag, held cleans, polling).
 TICK: Final = 0.25
-#: Seconds between checkpoint writes (and one at exit).
-CHECKPOINT_EVERY: Final = 5.0
+
+
+def _at_once(callback: Callable[[], None]) -> None:
+    """``after_written`` with no log writer: nothing is buffered, so now."""
+    callback()
 
 
 def resolve_uri(configured: str | None, environ: Mapping[str, str]) -> str:
@@ -58,6 +61,10 @@ class FluxSource:
     monotonic: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)  # reconnect jitter
     checkpoint: Checkpoint | None = None
+    #: Runs a callback once the records handed over so far are written (the log
+    #: writer's :meth:`~fluxmon.logs.LineWriter.after_written`): the checkpoint never
+    #: runs ahead of the output.
+    after_written: Callable[[Callable[[], None]], None] = _at_once
     memory: Memory = field(default_factory=Memory, init=False)
     _next_start: Start = field(default=Start.FRESH, init=False)
 
@@ -68,23 +75,26 @@ class FluxSource:
         since, exec_since = self.checkpoint.load(self.log, self.clock())
         if since > 0:
             self.memory.since, self.memory.exec_since = since, exec_since
+            self.memory.pending_cleans = set(self.checkpoint.held)
             self._next_start = Start.RESUMED
             self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
 
-    def save_checkpoint(self) -> None:
-        """Write the newest delivered timestamps (if there is a checkpoint)."""
-        if self.checkpoint is not None:
-            self.checkpoint.save(self.memory.since, self.memory.exec_since, self.log)
+    def save_position(self, since: float, exec_since: float, held: frozenset[int]) -> None:
+        """Write the position to the checkpoint once the records delivered so far are out.
+
+        Called after each live batch: a SIGKILL then repeats at most the records written
+        since the last save (the log writer's batch in flight), and never loses one.
+        """
+        checkpoint, log = self.checkpoint, self.log
+        if checkpoint is not None:
+            self.after_written(lambda: checkpoint.save(since, exec_since, log, held))
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Connect, stream, and reconnect with capped exponential backoff until stopped.
 
         Raises :class:`FluxUnavailable` when the very first connection fails.
         """
-        try:
-            self._run(downstream, stop)
-        finally:
-            self.save_checkpoint()
+        self._run(downstream, stop)
 
     def _run(self, downstream: Downstream, stop: threading.Event) -> None:
         backoff = self.settings.reconnect_min
@@ -105,7 +115,7 @@ class FluxSource:
             connection = self._connection(handle, downstream)
             self._next_start = Start.RECONNECTED
             try:
-                reason = _Session(connection, stop, self.save_checkpoint).run()
+                reason = _Session(connection, stop).run()
             finally:
                 self.bindings.close(handle)
             caught_up = connection.caught_up
@@ -139,6 +149,7 @@ class FluxSource:
             start=self._next_start,
             flux_version=version,
             connected_at=connected_at,
+            save_position=self.save_position if self.checkpoint is not None else None,
         )
 
     @staticmethod
@@ -155,14 +166,10 @@ class FluxSource:
 class _Session:
     """One connection's reactor: a housekeeping timer and the mode, until lost or stopped."""
 
-    def __init__(
-        self, connection: Connection, stop: threading.Event, save_checkpoint: Callable[[], None]
-    ) -> None:
+    def __init__(self, connection: Connection, stop: threading.Event) -> None:
         self._connection = connection
         self._stop = stop
-        self._save_checkpoint = save_checkpoint
         self._delivery = EventDelivery(connection)
-        self._next_checkpoint = 0.0  # monotonic
         self._mode: Mode
         if connection.settings.mode == "watch":
             self._mode = WatchMode(
@@ -206,8 +213,5 @@ class _Session:
             connection.bindings.stop(connection.handle)
             return
         now = connection.monotonic()
-        if now >= self._next_checkpoint:
-            self._next_checkpoint = now + CHECKPOINT_EVERY
-            self._save_checkpoint()
         self._delivery.release_overdue(now)
         self._mode.tick(now)
