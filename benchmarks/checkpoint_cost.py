@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from fluxmon.app import build
 from fluxmon.config import load_settings
@@ -55,12 +56,12 @@ def measure(mode: str, path: Path, events: int, batch: int, directory: Path) -> 
         writes = 0
         original = checkpoint._save
 
-        def counting(since: float, exec_since: float, log: object, held: frozenset[int]) -> None:
+        def counting(*args: Any) -> None:
             nonlocal writes
             writes += 1
-            original(since, exec_since, log, held)  # type: ignore[arg-type]
+            original(*args)
 
-        checkpoint._save = counting  # type: ignore[method-assign]
+        checkpoint._save = counting  # type: ignore[method-assign,assignment]
         log = parts.log
         since = exec_since = 0.0
         t0 = time.perf_counter()

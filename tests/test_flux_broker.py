@@ -238,8 +238,11 @@ def test_survives_broker_restart(tmp_path: Path) -> None:
         fm.wait(timeout=30)
         log.close()
     found = metrics(text)
-    assert _value(found, "fluxmon_reconnects") >= 1
     lines = [json.loads(x) for x in (tmp_path / "fluxmon.log").read_text().splitlines()]
+    # One outage between the two instances: one reconnect, whatever ENOSYS the journal
+    # answered while job-manager loaded or unloaded, and never a false downgrade.
+    assert _value(found, "fluxmon_reconnects") == 1, [r for r in lines if "source." in r["msg"]]
+    assert not [r for r in lines if "0.61" in json.dumps(r)]
     msgs = Counter(r["msg"] for r in lines)
     assert msgs["source.connected"] >= 2
     assert msgs["source.disconnected"] >= 2
@@ -683,14 +686,19 @@ def test_sigkill_repeats_at_most_the_batch_in_flight_and_loses_nothing(tmp_path:
         f'[log]\nformat = "json"\n[state]\ncheckpoint_dir = "{state}"\n'
     )
     (tmp_path / "killed.sh").write_text(KILLED)
-    kill_after = f"{random.uniform(0.3, 4.0):.2f}"
+    # Anywhere from just after the first start to the workload's end; a failure's
+    # moment can be replayed with FLUXMON_KILL_AFTER.
+    kill_after = (
+        os.environ.get("FLUXMON_KILL_AFTER") or f"{random.SystemRandom().uniform(0.1, 6.0):.2f}"
+    )
     proc = subprocess.run(
         [FLUX, "start", "--test-size=2", "bash", str(tmp_path / "killed.sh"), str(tmp_path),
          str(free_port()), kill_after],
         env=fluxmon_env(), capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (kill_after, proc.stderr[-3000:])
     assert (tmp_path / "fluxmon.rc").read_text().strip() == "0"
+    print(f"kill_after={kill_after}")  # with -s: the moment of this run
     lines: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for line in (tmp_path / "eventlogs.txt").read_text().splitlines():
         jobid, eventlog, entry = line.split(" ", 2)
@@ -712,13 +720,13 @@ def test_sigkill_repeats_at_most_the_batch_in_flight_and_loses_nothing(tmp_path:
     main_repeated = {_key(r) for r in repeated if r.get("eventlog", "main") == "main"}
     assert set(main_first[len(main_first) - len(main_repeated) :]) == main_repeated
     logged = {_key(r): r for r in first + second}
-    for (jobid, eventlog), entries in lines.items():
-        if eventlog != "main":
+    for (job, log_name), entries in lines.items():
+        if log_name != "main":
             continue
-        for seq, entry in enumerate(entries):
-            record = logged.get((jobid, "main", seq))
-            assert record is not None, (jobid, seq, entry)
-            assert (record["name"], record["event_ts"]) == (entry["name"], entry["timestamp"])
+        for seq, want in enumerate(entries):
+            found = logged.get((job, "main", seq))
+            assert found is not None, (kill_after, job, seq, want)
+            assert (found["name"], found["event_ts"]) == (want["name"], want["timestamp"])
     assert {k[0] for k in logged if len(k) == 1} == jobs
     exec_lines = sum(len(v) for (_, log), v in lines.items() if log == "exec")
     exec_logged = sum(1 for k in logged if len(k) == 3 and k[1] == "exec")

@@ -1362,3 +1362,32 @@ def test_checkpoint_waits_for_the_log_writer(tmp_path: Path) -> None:
     waiting[-1]()
     since = json.loads(checkpoint.path.read_text())["since"]
     assert since == max(e["timestamp"] for j in broker.jobs.values() for e in j.eventlog)
+
+
+def test_history_split_by_what_was_delivered_of_each_job() -> None:
+    """Events the journal sends late with an older timestamp are news if they were not delivered.
+
+    Job 1 had its submit delivered, job 2 ended before the save, job 3 was never
+    delivered; job 1's ``validate`` (job-ingest's timestamp) comes after job 2's clean.
+    """
+    from fluxmon.sources.flux.journal import split_history
+    from fluxmon.testing import ev
+
+    history = [
+        ev(2, "submit", 1.0),
+        ev(1, "submit", 1.1),
+        ev(2, "validate", 1.2),
+        ev(2, "clean", 1.6),
+        ev(1, "annotations", 1.65),
+        ev(1, "validate", 1.15),
+        ev(1, "depend", 1.7),
+        ev(3, "submit", 1.5),
+        ev(3, "validate", 1.55),
+    ]
+    old, news = split_history(history, {1: (1, 0)}, submits=1.1)
+    assert [(e.jobid, e.name) for e in news] == [
+        (1, "validate"), (1, "depend"), (3, "submit"), (3, "validate"),
+    ]  # fmt: skip
+    assert [(e.jobid, e.name) for e in old] == [
+        (2, "submit"), (1, "submit"), (2, "validate"), (2, "clean"), (1, "annotations"),
+    ]  # fmt: skip

@@ -74,6 +74,39 @@ def parse_held(data: dict[str, Any]) -> frozenset[int]:
     return frozenset(held)
 
 
+#: What a checkpoint says of each job active at its save: (jobid, main events
+#: delivered, exec events delivered).
+JobCounts = dict[int, tuple[int, int]]
+
+
+def parse_jobs(data: dict[str, Any]) -> tuple[float | None, JobCounts | None]:
+    """``submits`` and ``jobs`` of a checkpoint that :func:`parse` accepted (absent: None).
+
+    ``submits`` is the newest ``submit`` timestamp delivered (the journal sends submits
+    in time order, the other events not); ``jobs`` lists each job active at the save
+    with how many of its main and exec events were delivered.
+    """
+    submits = data.get("submits")
+    jobs = data.get("jobs")
+    if submits is None and jobs is None:
+        return None, None
+    if type(submits) is not float or not math.isfinite(submits) or submits < 0:
+        raise InvalidCheckpoint(f"submits is {json.dumps(submits)}, not a timestamp >= 0")
+    if not isinstance(jobs, list) or len(jobs) > MAX_HELD:
+        raise InvalidCheckpoint(f"jobs is not a list of at most {MAX_HELD} entries")
+    counts: JobCounts = {}
+    for entry in jobs:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or any(type(n) is not int or n < 0 for n in entry)
+            or entry[0] >= 2**64
+        ):
+            raise InvalidCheckpoint(f"jobs has {json.dumps(entry)}, not [jobid, main, exec]")
+        counts[entry[0]] = (entry[1], entry[2])
+    return submits, counts
+
+
 class Checkpoint:
     """The newest main and exec event timestamps delivered, in ``CHECKPOINT_FILE``.
 
@@ -83,11 +116,14 @@ class Checkpoint:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / CHECKPOINT_FILE
-        self._written: tuple[float, float, frozenset[int]] | None = None
+        self._written: tuple[object, ...] | None = None
         self._warned = False
         self._lock = threading.Lock()  # saves come from the log writer's thread
         #: The ``held`` jobids :meth:`load` read.
         self.held: frozenset[int] = frozenset()
+        #: The ``submits`` and ``jobs`` :meth:`load` read (None: a file without them).
+        self.submits: float | None = None
+        self.jobs: JobCounts | None = None
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -108,11 +144,11 @@ class Checkpoint:
             data = json.loads(text)
             since, exec_since = parse(data, now)
             held = parse_held(data)
+            submits, jobs = parse_jobs(data)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
-        self._written = (since, exec_since, held)
-        self.held = held
+        self.held, self.submits, self.jobs = held, submits, jobs
         return since, exec_since
 
     def save(
@@ -121,15 +157,24 @@ class Checkpoint:
         exec_since: float,
         log: FilteringBoundLogger,
         held: Iterable[int] = (),
+        submits: float | None = None,
+        jobs: JobCounts | None = None,
     ) -> None:
         """Write durably, only when it changed: a temporary file, fsync, rename, fsync."""
         with self._lock:
-            self._save(since, exec_since, log, frozenset(held))
+            self._save(since, exec_since, log, frozenset(held), submits, jobs)
 
     def _save(
-        self, since: float, exec_since: float, log: FilteringBoundLogger, held: frozenset[int]
+        self,
+        since: float,
+        exec_since: float,
+        log: FilteringBoundLogger,
+        held: frozenset[int],
+        submits: float | None = None,
+        jobs: JobCounts | None = None,
     ) -> None:
-        if since <= 0 or self._written == (since, exec_since, held):
+        state = (since, exec_since, held, submits, jobs)
+        if since <= 0 or self._written == state:
             return
         tmp = self.path.with_suffix(".tmp")
         data: dict[str, object] = {
@@ -139,6 +184,9 @@ class Checkpoint:
         }
         if held:
             data["held"] = sorted(held)
+        if submits is not None and jobs is not None:
+            data["submits"] = float(submits)
+            data["jobs"] = [[jobid, *counts] for jobid, counts in sorted(jobs.items())]
         try:
             with tmp.open("w") as file:
                 file.write(json.dumps(data) + "\n")
@@ -155,4 +203,4 @@ class Checkpoint:
                 self._warned = True
                 log.warning("checkpoint.unwritable", path=str(self.path), error=str(err))
             return
-        self._written = (since, exec_since, held)
+        self._written = state

@@ -55,6 +55,25 @@ class Memory:
     #: Jobs whose clean is at or before ``since`` but was never delivered (the checkpoint's
     #: ``held``): it is delivered live when it comes, and the job stays here until then.
     pending_cleans: set[int] = field(default_factory=set)
+    #: Main and exec events delivered per active job (what a restart skips of it), and
+    #: the newest ``submit`` timestamp delivered (submits come in time order).
+    main_count: dict[int, int] = field(default_factory=dict)
+    exec_count: dict[int, int] = field(default_factory=dict)
+    submit_since: float = 0.0
+    #: The checkpoint's counts, for the first connection after it (None: none).
+    resume_jobs: dict[int, tuple[int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class Position:
+    """What has been delivered, as a checkpoint saves it."""
+
+    since: float  # newest main timestamp
+    exec_since: float  # newest exec timestamp (or the first start's exec horizon)
+    held: frozenset[int]  # jobs whose clean at or before ``since`` is held back
+    submits: float  # newest submit timestamp
+    main_count: dict[int, int]  # main events delivered per active job
+    exec_count: dict[int, int]  # exec events delivered per active job
 
 
 @dataclass
@@ -76,7 +95,7 @@ class Connection:
     connected_at: float  # wall clock
     #: Makes a position durable once the records delivered so far are written:
     #: ``(since, exec_since, held jobids)``; None: no checkpoint.
-    save_position: Callable[[float, float, frozenset[int]], None] | None = None
+    save_position: Callable[[Position], None] | None = None
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

@@ -40,10 +40,12 @@ from typing import Any, Final
 from fluxmon.events import EXEC, InvalidEvent, JobEvent, entry_event, shown
 from fluxmon.sources import Downstream
 from fluxmon.sources.flux.bindings import WatchFuture
-from fluxmon.sources.flux.connection import Connection, describe, errno_name
+from fluxmon.sources.flux.connection import Connection, Position, describe, errno_name
 
 #: Longest time a job's ``clean`` waits for its exec watch to end.
 HOLD_SECONDS: Final = 10.0
+#: Journal events that no eventlog holds (not counted per job).
+JOURNAL_ONLY: Final = frozenset({"annotations"})
 #: The checkpoint's ``since`` when a first start found no history at all: every event
 #: after it is news (``since`` 0 would mean "no checkpoint").
 NO_HISTORY: Final = 1e-06
@@ -118,7 +120,16 @@ class EventDelivery:
         since = max(memory.since, self.history_until)
         exec_since = max(memory.exec_since, self.exec_history_until)
         held = frozenset(self._held).union(memory.held_over, memory.pending_cleans)
-        connection.save_position(since, exec_since, held)
+        connection.save_position(
+            Position(
+                since,
+                exec_since,
+                held,
+                max(memory.submit_since, self.history_until if self.history_until > 0 else 0.0),
+                dict(memory.main_count),
+                dict(memory.exec_count),
+            )
+        )
 
     # -- main events ------------------------------------------------------------------
 
@@ -126,12 +137,14 @@ class EventDelivery:
         """Deliver main events in order; ``watch_exec``: an ``alloc`` opens its exec watch."""
         memory = self._memory
         out: list[JobEvent] = []
+        main_count = memory.main_count
         for event in batch:
             jobid = event.jobid
             memory.since = max(memory.since, event.timestamp)
             name = event.name
             if name == "submit":
                 memory.active.add(jobid)
+                memory.submit_since = max(memory.submit_since, event.timestamp)
             elif name == "alloc":
                 memory.running.add(jobid)
                 if watch_exec:
@@ -141,6 +154,8 @@ class EventDelivery:
                     self._hold(event)
                     continue
                 self.job_gone(jobid)
+            if name not in JOURNAL_ONLY and jobid in memory.active:
+                main_count[jobid] = main_count.get(jobid, 0) + 1
             out.append(event)
         if out:
             self._connection.downstream.events(out, live=live)
@@ -196,6 +211,8 @@ class EventDelivery:
         memory.main_last.pop(jobid, None)
         memory.held_over.pop(jobid, None)
         memory.pending_cleans.discard(jobid)
+        memory.main_count.pop(jobid, None)
+        memory.exec_count.pop(jobid, None)
 
     def resume(self) -> None:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
@@ -235,7 +252,13 @@ class EventDelivery:
             return  # re-read after a reconnect
         seen.add(key)
         memory.exec_since = max(memory.exec_since, event.timestamp)
-        live = event.timestamp > self.exec_history_until
+        index = memory.exec_count.get(event.jobid, 0)
+        memory.exec_count[event.jobid] = index + 1
+        resumed = memory.resume_jobs.get(event.jobid) if memory.resume_jobs else None
+        if resumed is not None:  # the checkpoint says how many were delivered
+            live = index >= resumed[1]
+        else:
+            live = event.timestamp > self.exec_history_until
         self._connection.downstream.events([event], live=live)
         if live:
             self.mark()

@@ -15,7 +15,13 @@ from typing import Final
 from fluxmon.events import MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import NO_HISTORY, EventDelivery, refuse, to_event
+from fluxmon.sources.flux.delivery import (
+    JOURNAL_ONLY,
+    NO_HISTORY,
+    EventDelivery,
+    refuse,
+    to_event,
+)
 
 #: Journal refusals that mean "use watch mode" (flux.mode = "auto").
 _REFUSALS = {
@@ -33,6 +39,39 @@ def has_journal(flux_version: str) -> bool:
     """The broker's flux-core (``0.88.0-59-g4a5e79f56``) has the events-journal (False: unknown)."""
     match = re.match(r"v?(\d+)\.(\d+)", flux_version)
     return match is not None and (int(match[1]), int(match[2])) >= JOURNAL_SINCE
+
+
+def split_history(
+    history: list[JobEvent], counts: dict[int, tuple[int, int]], submits: float
+) -> tuple[list[JobEvent], list[JobEvent]]:
+    """History already delivered, and the news, by what was delivered of each job.
+
+    The journal sends each job's events in order, but not all jobs' events in time
+    order (``submit`` and ``validate`` carry job-ingest's earlier timestamps), so a
+    single "newest timestamp" would take undelivered events for delivered ones. Here:
+    of a job in ``counts`` the first ``main`` events are old; a job not in it was
+    delivered whole (and has ended) if its ``submit`` is at or before ``submits`` (the
+    journal sends submits in time order), else it is all news.
+    """
+    old: list[JobEvent] = []
+    news: list[JobEvent] = []
+    seen: dict[int, int] = {}
+    whole: dict[int, bool] = {}
+    for event in history:
+        jobid = event.jobid
+        if event.name in JOURNAL_ONLY:
+            old.append(event)  # applies to nothing
+            continue
+        index = seen.get(jobid, 0)
+        seen[jobid] = index + 1
+        known = counts.get(jobid)
+        if known is not None:
+            (old if index < known[0] else news).append(event)
+            continue
+        if index == 0:
+            whole[jobid] = event.timestamp <= submits
+        (old if whole[jobid] else news).append(event)
+    return old, news
 
 
 class JournalMode:
@@ -140,16 +179,24 @@ class JournalMode:
                 delivery.history_until = history[-1].timestamp if history else NO_HISTORY
                 delivery.deliver_main(history, live=False, watch_exec=False)
             case Start.RESUMED:
-                delivery.exec_history_until = connection.memory.exec_since
-                pending = connection.memory.pending_cleans
-                old: list[JobEvent] = []
-                for event in history:
-                    late_clean = event.jobid in pending and event.name in ("clean", "invalidate")
-                    (news if event.timestamp > since or late_clean else old).append(event)
+                memory = connection.memory
+                delivery.exec_history_until = memory.exec_since
+                if memory.resume_jobs is not None:
+                    old, news = split_history(history, memory.resume_jobs, memory.submit_since)
+                else:  # a checkpoint without per-job counts: by time, as it says
+                    pending = memory.pending_cleans
+                    old = []
+                    for event in history:
+                        late = event.jobid in pending and event.name in ("clean", "invalidate")
+                        (news if event.timestamp > since or late else old).append(event)
                 delivery.deliver_main(old, live=False, watch_exec=False)
             case Start.RECONNECTED:
                 self._forget_vanished()
-                news = [event for event in history if event.timestamp > since]
+                memory = connection.memory
+                counts = {jobid: (n, 0) for jobid, n in memory.main_count.items()}
+                for jobid, held in memory.held_over.items():  # delivered again by resume()
+                    counts[jobid] = (counts.get(jobid, (0, 0))[0] + len(held), 0)
+                _, news = split_history(history, counts, memory.submit_since)
         # Exec watches opened here and at each alloc among the news hold those jobs'
         # cleans until their exec eventlogs are read.
         delivery.resume()

@@ -16,7 +16,7 @@ from fluxmon.config import FluxSettings
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
 from fluxmon.sources.flux.checkpoint import Checkpoint
-from fluxmon.sources.flux.connection import Connection, Memory, Start, describe
+from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
 from fluxmon.sources.flux.watch import WatchMode
@@ -76,10 +76,13 @@ class FluxSource:
         if since > 0:
             self.memory.since, self.memory.exec_since = since, exec_since
             self.memory.pending_cleans = set(self.checkpoint.held)
+            if self.checkpoint.jobs is not None and self.checkpoint.submits is not None:
+                self.memory.resume_jobs = self.checkpoint.jobs
+                self.memory.submit_since = self.checkpoint.submits
             self._next_start = Start.RESUMED
             self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
 
-    def save_position(self, since: float, exec_since: float, held: frozenset[int]) -> None:
+    def save_position(self, position: Position) -> None:
         """Write the position to the checkpoint once the records delivered so far are out.
 
         Called after each live batch: a SIGKILL then repeats at most the records written
@@ -87,7 +90,19 @@ class FluxSource:
         """
         checkpoint, log = self.checkpoint, self.log
         if checkpoint is not None:
-            self.after_written(lambda: checkpoint.save(since, exec_since, log, held))
+            self.after_written(
+                lambda: checkpoint.save(
+                    position.since,
+                    position.exec_since,
+                    log,
+                    position.held,
+                    position.submits,
+                    {
+                        jobid: (n, position.exec_count.get(jobid, 0))
+                        for jobid, n in position.main_count.items()
+                    },
+                )
+            )
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Connect, stream, and reconnect with capped exponential backoff until stopped.
