@@ -213,6 +213,8 @@ class EventDelivery:
         memory.pending_cleans.discard(jobid)
         memory.main_count.pop(jobid, None)
         memory.exec_count.pop(jobid, None)
+        if memory.resume_jobs:
+            memory.resume_jobs.pop(jobid, None)
 
     def resume(self) -> None:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
