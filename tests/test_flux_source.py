@@ -1391,3 +1391,28 @@ def test_history_split_by_what_was_delivered_of_each_job() -> None:
     assert [(e.jobid, e.name) for e in old] == [
         (2, "submit"), (1, "submit"), (2, "validate"), (2, "clean"), (1, "annotations"),
     ]  # fmt: skip
+
+
+def test_the_newest_save_alone_has_every_active_jobs_counts(tmp_path: Path) -> None:
+    """Positions carry only changed jobs; running just the newest save still writes them all."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    broker.at(SCENARIO_START + 3.0, stop.set)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    waiting: list[Callable[[], None]] = []
+    run.source.after_written = waiting.append
+    run.source.run(run.parts.pipeline, stop)
+    assert len(waiting) > 1
+    waiting[-1]()
+    data = json.loads(checkpoint.path.read_text())
+    memory = run.source.memory
+    want = {
+        jobid: [memory.main_count.get(jobid, 0), memory.exec_count.get(jobid, 0)]
+        for jobid in set(memory.main_count) | set(memory.exec_count)
+    }
+    assert len(want) == 3  # active at the stop; the newest position changed just one
+    assert {jobid: [n, e] for jobid, n, e in data["jobs"]} == want
+    assert data["submits"] == max(
+        j.submit_time for j in broker.jobs.values() if j.submit_time <= SCENARIO_START + 3.0
+    )

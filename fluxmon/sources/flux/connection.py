@@ -59,6 +59,8 @@ class Memory:
     #: the newest ``submit`` timestamp delivered (submits come in time order).
     main_count: dict[int, int] = field(default_factory=dict)
     exec_count: dict[int, int] = field(default_factory=dict)
+    #: Jobs whose counts changed (or that ended) since the last position was taken.
+    changed: set[int] = field(default_factory=set)
     submit_since: float = 0.0
     #: The checkpoint's counts, for the first connection after it (None: none).
     resume_jobs: dict[int, tuple[int, int]] | None = None
@@ -72,8 +74,9 @@ class Position:
     exec_since: float  # newest exec timestamp (or the first start's exec horizon)
     held: frozenset[int]  # jobs whose clean at or before ``since`` is held back
     submits: float  # newest submit timestamp
-    main_count: dict[int, int]  # main events delivered per active job
-    exec_count: dict[int, int]  # exec events delivered per active job
+    #: (main, exec) events delivered of each job whose counts changed since the last
+    #: position; None for a job that ended. Applied in order, they give every count.
+    changes: dict[int, tuple[int, int] | None]
 
 
 @dataclass

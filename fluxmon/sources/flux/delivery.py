@@ -114,9 +114,10 @@ class EventDelivery:
         but is held back (so a restart still delivers it).
         """
         connection = self._connection
-        if connection.save_position is None:
-            return
         memory = self._memory
+        if connection.save_position is None:
+            memory.changed.clear()
+            return
         since = max(memory.since, self.history_until)
         exec_since = max(memory.exec_since, self.exec_history_until)
         held = frozenset(self._held).union(memory.held_over, memory.pending_cleans)
@@ -126,10 +127,25 @@ class EventDelivery:
                 exec_since,
                 held,
                 max(memory.submit_since, self.history_until if self.history_until > 0 else 0.0),
-                dict(memory.main_count),
-                dict(memory.exec_count),
+                self._changes(),
             )
         )
+
+    def _changes(self) -> dict[int, tuple[int, int] | None]:
+        """Counts of the jobs changed since the last position.
+
+        A cost in the size of the batch, not in the number of active jobs.
+        """
+        memory = self._memory
+        main_count, exec_count = memory.main_count, memory.exec_count
+        changes: dict[int, tuple[int, int] | None] = {}
+        for jobid in memory.changed:
+            if jobid in main_count or jobid in exec_count:
+                changes[jobid] = (main_count.get(jobid, 0), exec_count.get(jobid, 0))
+            else:
+                changes[jobid] = None
+        memory.changed.clear()
+        return changes
 
     # -- main events ------------------------------------------------------------------
 
@@ -156,6 +172,7 @@ class EventDelivery:
                 self.job_gone(jobid)
             if name not in JOURNAL_ONLY and jobid in memory.active:
                 main_count[jobid] = main_count.get(jobid, 0) + 1
+                memory.changed.add(jobid)
             out.append(event)
         if out:
             self._connection.downstream.events(out, live=live)
@@ -213,6 +230,7 @@ class EventDelivery:
         memory.pending_cleans.discard(jobid)
         memory.main_count.pop(jobid, None)
         memory.exec_count.pop(jobid, None)
+        memory.changed.add(jobid)
         if memory.resume_jobs:
             memory.resume_jobs.pop(jobid, None)
 
@@ -254,13 +272,14 @@ class EventDelivery:
             return  # re-read after a reconnect
         seen.add(key)
         memory.exec_since = max(memory.exec_since, event.timestamp)
-        index = memory.exec_count.get(event.jobid, 0)
-        memory.exec_count[event.jobid] = index + 1
+        index = len(seen) - 1  # in the job's exec eventlog
         resumed = memory.resume_jobs.get(event.jobid) if memory.resume_jobs else None
         if resumed is not None:  # the checkpoint says how many were delivered
             live = index >= resumed[1]
         else:
             live = event.timestamp > self.exec_history_until
+        memory.exec_count[event.jobid] = max(index + 1, resumed[1] if resumed else 0)
+        memory.changed.add(event.jobid)
         self._connection.downstream.events([event], live=live)
         if live:
             self.mark()

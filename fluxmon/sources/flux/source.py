@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import threading
@@ -66,6 +67,14 @@ class FluxSource:
     #: runs ahead of the output.
     after_written: Callable[[Callable[[], None]], None] = _at_once
     memory: Memory = field(default_factory=Memory, init=False)
+    #: Positions handed to the writer and not yet saved, in order, and the counts the
+    #: writer thread has applied (see :meth:`save_position`).
+    _positions: collections.deque[tuple[int, Position]] = field(
+        default_factory=collections.deque, init=False
+    )
+    _positions_seq: int = field(default=0, init=False)
+    _positions_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _durable_jobs: dict[int, tuple[int, int]] = field(default_factory=dict, init=False)
     _next_start: Start = field(default=Start.FRESH, init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +88,11 @@ class FluxSource:
             if self.checkpoint.jobs is not None and self.checkpoint.submits is not None:
                 self.memory.resume_jobs = self.checkpoint.jobs
                 self.memory.submit_since = self.checkpoint.submits
+                # Exec events delivered before stay delivered until the watch reads them.
+                for jobid, (_, execs) in self.checkpoint.jobs.items():
+                    if execs:
+                        self.memory.exec_count[jobid] = execs
+                        self.memory.changed.add(jobid)
             self._next_start = Start.RESUMED
             self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
 
@@ -87,21 +101,33 @@ class FluxSource:
 
         Called after each live batch: a SIGKILL then repeats at most the records written
         since the last save (the log writer's batch in flight), and never loses one.
+        Positions carry only the jobs that changed; the writer applies every position
+        up to the one it saves (in order), so its copy of the counts is exact.
         """
-        checkpoint, log = self.checkpoint, self.log
-        if checkpoint is not None:
-            self.after_written(
-                lambda: checkpoint.save(
-                    position.since,
-                    position.exec_since,
-                    log,
-                    position.held,
-                    position.submits,
-                    {
-                        jobid: (n, position.exec_count.get(jobid, 0))
-                        for jobid, n in position.main_count.items()
-                    },
-                )
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return
+        with self._positions_lock:
+            self._positions_seq += 1
+            seq = self._positions_seq
+            self._positions.append((seq, position))
+        self.after_written(lambda: self._save_upto(checkpoint, seq))
+
+    def _save_upto(self, checkpoint: Checkpoint, seq: int) -> None:
+        """On the writer thread: apply positions up to ``seq`` and save the result."""
+        durable = self._durable_jobs
+        last: Position | None = None
+        with self._positions_lock:
+            while self._positions and self._positions[0][0] <= seq:
+                last = self._positions.popleft()[1]
+                for jobid, counts in last.changes.items():
+                    if counts is None:
+                        durable.pop(jobid, None)
+                    else:
+                        durable[jobid] = counts
+        if last is not None:
+            checkpoint.save(
+                last.since, last.exec_since, self.log, last.held, last.submits, dict(durable)
             )
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
