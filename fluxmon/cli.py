@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -236,15 +236,17 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     checkpoint = Checkpoint(state_dir) if state_dir is not None and args.command == "run" else None
 
-    def source(stats: SelfMetrics, log: FilteringBoundLogger) -> FluxSource:
-        return FluxSource(
-            settings.flux,
-            uri=uri,
-            bindings=bindings,
-            stats=stats,
-            log=log,
-            checkpoint=checkpoint,
+    def source(
+        stats: SelfMetrics,
+        log: FilteringBoundLogger,
+        after_written: Callable[[Callable[[], None]], None] | None = None,
+    ) -> FluxSource:
+        flux = FluxSource(
+            settings.flux, uri=uri, bindings=bindings, stats=stats, log=log, checkpoint=checkpoint
         )
+        if after_written is not None:
+            flux.after_written = after_written
+        return flux
 
     if args.command == "record":
         if args.output == "-":
@@ -260,7 +262,7 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     pinned = {key: opt for key, opt in options.items() if getattr(args, opt[2:]) is not None}
     return app.serve(
         _listening(settings, args.listen),
-        lambda parts: source(parts.self_metrics, parts.log),
+        lambda parts: source(parts.self_metrics, parts.log, parts.writer.after_written),
         mode="run",
         log_stream=sys.stdout,
         config_file=ConfigFile(settings, pinned),

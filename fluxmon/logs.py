@@ -7,6 +7,7 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import json
@@ -83,6 +84,9 @@ DROP_REASONS: Final = ("full", "reserve")
 JOB_EVENT: Final = 0
 JOB_FINISHED: Final = 1
 OTHER_RECORD: Final = 2
+#: Not a record: a place in the buffer whose callback runs once everything before it is
+#: written (:meth:`LineWriter.after_written`); never dropped, never written.
+_MARK: Final = 3
 _KIND_NAMES: Final = ("job_event", "job_finished", "other")
 
 _Entry = tuple[str, int]
@@ -146,6 +150,8 @@ class LineWriter:
         self._io_lock = threading.Lock()  # synchronous writes, before start()
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Entry] = []
+        #: Callbacks of the marks in the buffer, in buffer order.
+        self._marks: collections.deque[Callable[[], None]] = collections.deque()
         self._unreported = [0, 0, 0]
         self._thread: threading.Thread | None = None
         self._on_failure: Callable[[str], None] | None = None
@@ -180,6 +186,32 @@ class LineWriter:
         self._local.held = None
         if held:
             self._put(held, wait=self.on_full == "block")
+
+    def after_written(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every record handed over so far is written to the stream.
+
+        It runs on the writer thread, after the write of the batch holding the last of
+        those records and before the next batch is written; when several are due at once
+        only the newest runs (they are meant to record progress: the newest says it all).
+        Before :meth:`start` it runs at once; once the stream has failed, never. Records
+        this thread still holds (:meth:`hold`) are not "handed over": call it after
+        :meth:`release`.
+        """
+        if self._thread is None:
+            with self._io_lock:
+                if self.failure is None:
+                    callback()
+            return
+        with self._cond:
+            if self.failure is not None:
+                return
+            queue = self._queue
+            if queue and queue[-1][1] == _MARK:  # nothing since the last mark: replace it
+                self._marks[-1] = callback
+            else:
+                queue.append(("", _MARK))
+                self._marks.append(callback)
+            self._cond.notify()
 
     # -- the buffer -----------------------------------------------------------------------
 
@@ -295,11 +327,19 @@ class LineWriter:
                     return
                 batch, self._queue = self._queue, []
                 cond.notify_all()  # room for a waiting pipeline
+                due: Callable[[], None] | None = None
+                for _, kind in batch:
+                    if kind == _MARK:
+                        due = self._marks.popleft()
+            lines = [line for line, kind in batch if kind != _MARK]
             try:
-                self._write("\n".join([line for line, _ in batch]) + "\n")
+                if lines:
+                    self._write("\n".join(lines) + "\n")
             except (OSError, ValueError) as error:
                 self._fail(error)
                 return
+            if due is not None:
+                due()
             self._report_recovery()
 
     def _fail(self, error: BaseException) -> None:
@@ -307,6 +347,7 @@ class LineWriter:
         with self._cond:
             self.failure = why
             self._queue = []
+            self._marks.clear()
             self._cond.notify_all()
         if self._on_failure is not None:
             self._on_failure(why)
@@ -543,6 +584,7 @@ class LogSink(NullSink):
             userid=job.userid,
             queue=job.queue,
             eventlog=EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+            seq=job.seq,
             name=event.name,
             event_ts=event.timestamp,
             state=job.state,

@@ -106,6 +106,9 @@ class Job:
         "queue",
         "result",
         "returncode",
+        "seq",
+        "seq_exec",
+        "seq_main",
         "state",
         "status",
         "success",
@@ -166,6 +169,11 @@ class Job:
         #: (name, timestamp) of exec events applied, with contexts (they are not ordered).
         self.exec_seen: dict[tuple[str, float], Mapping[str, Any]] | None = None
         self.perilog_starts: dict[str, list[float]] | None = None
+        #: Events applied so far from the main and the exec eventlog, and the 0-based
+        #: index in its eventlog of the event applied last (``seq`` of its record).
+        self.seq_main = 0
+        self.seq_exec = 0
+        self.seq = 0
 
     @property
     def f58(self) -> str:
@@ -479,6 +487,8 @@ class Tracker:
             else:
                 job.last_main_ts = ts
                 job.last_main = [(name, context)]
+            job.seq = job.seq_main
+            job.seq_main += 1
         else:
             seen = job.exec_seen
             if seen is None:
@@ -487,6 +497,8 @@ class Tracker:
             if key in seen and seen[key] == context:
                 return self._reject("duplicate", f"{name} at {ts} already applied", event)
             seen[key] = context
+            job.seq = job.seq_exec
+            job.seq_exec += 1
         if live:
             for sink in self.sinks:
                 try:
@@ -583,6 +595,7 @@ class Tracker:
             except BAD_INPUT as err:
                 return self._reject("malformed", f"jobspec: {type(err).__name__}: {err}", event)
         job.last_main = [("submit", context)]
+        job.seq_main = 1  # the submit is seq 0
         self.jobs[event.jobid] = job
         if live:
             for sink in self.sinks:

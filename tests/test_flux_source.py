@@ -908,6 +908,33 @@ def test_events_a_known_job_has_at_or_before_since_are_not_skipped() -> None:
     assert logged == [e["name"] for e in job.eventlog]
 
 
+def test_a_rewound_jobs_checkpoint_count_is_the_brokers_history(tmp_path: Path) -> None:
+    """After a rewind, the count a checkpoint saves for the job is what the broker kept of it."""
+    job = load_scenario(BY_STEM["a-success"])
+    alloc = job.first("alloc")
+    assert alloc is not None
+    job.main.insert(5, entry("annotations", alloc + 1e-4, annotations={"sched": {}}))
+    broker = FakeBroker([job], start=SCENARIO_START)
+    crash = float(job.main[-1]["timestamp"]) + 1.0
+    broker.drop(crash, down_for=2.0)
+    then = [entry("exception", crash + 50.0, type="exec", severity=0, userid=0, note="x")]
+    # submit .. start (and the annotation) are kept; the job is running again.
+    broker.roll_back(crash, job.jobid, keep=7, then=then, keep_exec=2, then_exec=[])
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    broker.at(crash + 10.0, stop.set)  # reconnected, the job not yet ended
+    run = prepare(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0), stop,
+                  checkpoint=checkpoint)  # fmt: skip
+    run.source.run(run.parts.pipeline, stop)
+    assert len(run.records("job.rewound")) == 1
+    memory = run.source.memory
+    kept = sum(e["name"] != "annotations" for e in job.main[:7])
+    assert memory.delivered(job.jobid) == [float(e["timestamp"]) for e in job.eventlog[:kept]]
+    assert memory.main_count[job.jobid] == kept
+    saved = {jobid: main for jobid, main, _ in json.loads(checkpoint.path.read_text())["jobs"]}
+    assert saved == {job.jobid: kept}
+
+
 def test_a_reconnect_whose_history_agrees_rewinds_nothing() -> None:
     """Without a rollback, a reconnect in the middle of jobs rewinds none of them."""
     run, *_ = run_reconnect(True)
@@ -1401,3 +1428,207 @@ def test_a_queue_list_that_cannot_be_read_is_logged_and_the_source_goes_on(
     assert error in record["error"]
     assert not run.records("source.queues")
     assert run.events_counted() == truth(broker, broker.jobs)
+
+
+def event_keys(records: list[dict[str, Any]]) -> list[tuple[int, str, int, str, float]]:
+    """(id, eventlog, seq, name, event_ts) of each job.event record, in log order."""
+    return [
+        (r["id"], r["eventlog"], r["seq"], r["name"], r["event_ts"])
+        for r in records
+        if r["msg"] == "job.event"
+    ]
+
+
+def eventlog_keys(
+    broker: FakeBroker, jobids: Iterable[int]
+) -> set[tuple[int, str, int, str, float]]:
+    """The key of every line of the jobs' main and exec eventlogs, as records carry it."""
+    out = set()
+    for jobid in jobids:
+        job = broker.jobs[jobid]
+        for label, entries in (("main", job.eventlog), ("exec", job.exec_events)):
+            for seq, line in enumerate(entries):
+                out.add((jobid, label, seq, line["name"], float(line["timestamp"])))
+    return out
+
+
+def kill_and_restart(
+    directory: Path,
+    kill_after: float,
+    history: float,
+    transform: Callable[[FakeJob], FakeJob] | None = None,
+) -> str | None:
+    """SIGKILL fluxmon ``kill_after`` s into a run, restart it; check the records of both.
+
+    The kill keeps only what was on disk and in the log at that moment (no exit save).
+    With ``history`` some jobs ran before the first start (taken as history, never
+    logged), and the first start had no checkpoint file yet. Returns the checkpoint
+    file as the kill left it.
+    """
+    for stale in directory.iterdir():
+        stale.unlink()
+    start = SCENARIO_START + history
+    broker = FakeBroker(scenario_jobs(transform=transform), start=start)
+    settings = make_settings()
+    checkpoint = Checkpoint(directory)
+    at_kill: dict[str, Any] = {}
+
+    def kill(stop: VirtualStop, run: Run) -> None:
+        at_kill["file"] = checkpoint.path.read_text() if checkpoint.path.exists() else None
+        at_kill["log"] = run.log.getvalue()
+        stop.set()
+
+    stop = VirtualStop(broker)
+    first = prepare(broker, settings, stop, checkpoint=checkpoint)
+    broker.at(start + kill_after, lambda: kill(stop, first))
+    first.source.run(first.parts.pipeline, stop)
+    if at_kill["file"] is None:
+        checkpoint.path.unlink(missing_ok=True)
+    else:
+        checkpoint.path.write_text(at_kill["file"])
+    broker.advance(1.0)  # fluxmon is down for a second
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    second = prepare(broker, settings, stop, checkpoint=Checkpoint(directory))
+    second.source.run(second.parts.pipeline, stop)
+
+    before = parse_log(at_kill["log"])
+    after = second.records()
+    # History: what the broker held at the first start, up to its newest event.
+    horizon = max(
+        (e["timestamp"] for j in broker.jobs.values() for e in j.main if e["timestamp"] <= start),
+        default=0.0,
+    )
+    logged = event_keys(before) + event_keys(after)
+    assert len(logged) == len(set(logged)), "a job.event logged twice"
+    assert set(logged) == {k for k in eventlog_keys(broker, broker.jobs) if k[4] > horizon}
+    finished = [r["id"] for r in before + after if r["msg"] == "job.finished"]
+    assert sorted(finished) == sorted(
+        j.jobid for j in broker.jobs.values() if (j.first("clean") or 0.0) > horizon
+    )
+    assert checkpoint.path.exists()
+    file: str | None = at_kill["file"]
+    return file
+
+
+@pytest.mark.parametrize("history", [0.0, 1.5], ids=["no-history", "history"])
+@pytest.mark.parametrize("kill_after", [0.05, 0.4, 1.1, 2.0, 2.6, 3.3, 5.0])
+def test_kill_repeats_nothing_and_loses_nothing(
+    tmp_path: Path, kill_after: float, history: float
+) -> None:
+    """A SIGKILL at any moment, then a restart: every eventlog line logged once, every job once.
+
+    Without a log writer thread a batch's records are out before its checkpoint is
+    saved, so here even the one batch in flight is not repeated.
+    """
+    kill_and_restart(tmp_path, kill_after, history)
+
+
+def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) -> None:
+    """A kill while a job's clean waits for its exec eventlog: the restart logs its finish once."""
+
+    def slow_exec(job: FakeJob) -> FakeJob:
+        return late_exec(job, after_clean=0.5)
+
+    cleans = sorted(
+        clean
+        for job in scenario_jobs()
+        if job.exec_events and (clean := job.first("clean")) is not None
+    )
+    held = []
+    for clean in cleans[:3]:
+        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_exec)
+        assert file is not None
+        held.append(json.loads(file).get("held"))
+    assert all(held), held
+
+
+def test_checkpoint_follows_each_live_batch_not_a_timer(tmp_path: Path) -> None:
+    """The checkpoint holds the newest delivered timestamp right after a batch, with no wait."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    seen: list[float] = []
+
+    def look() -> None:
+        data = json.loads(checkpoint.path.read_text())
+        seen.append(data["since"])
+        newest = max(r["event_ts"] for r in run.records("job.event") if r["eventlog"] == "main")
+        assert data["since"] >= newest
+        stop.set()
+
+    broker.at(SCENARIO_START + 0.7, look)
+    run.source.run(run.parts.pipeline, stop)
+    assert seen
+
+
+def test_checkpoint_waits_for_the_log_writer(tmp_path: Path) -> None:
+    """Saves go through after_written: none is made before the writer says records are out."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    waiting: list[Callable[[], None]] = []
+    run.source.after_written = waiting.append
+    run.source.run(run.parts.pipeline, stop)
+    assert waiting
+    assert not checkpoint.path.exists()
+    waiting[-1]()
+    since = json.loads(checkpoint.path.read_text())["since"]
+    assert since == max(e["timestamp"] for j in broker.jobs.values() for e in j.eventlog)
+
+
+def test_history_split_by_what_was_delivered_of_each_job() -> None:
+    """Events the journal sends late with an older timestamp are news if they were not delivered.
+
+    Job 1 had its submit delivered, job 2 ended before the save, job 3 was never
+    delivered; job 1's ``validate`` (job-ingest's timestamp) comes after job 2's clean.
+    """
+    from fluxmon.sources.flux.journal import split_history
+    from fluxmon.testing import ev
+
+    history = [
+        ev(2, "submit", 1.0),
+        ev(1, "submit", 1.1),
+        ev(2, "validate", 1.2),
+        ev(2, "clean", 1.6),
+        ev(1, "annotations", 1.65),
+        ev(1, "validate", 1.15),
+        ev(1, "depend", 1.7),
+        ev(3, "submit", 1.5),
+        ev(3, "validate", 1.55),
+    ]
+    old, news = split_history(history, {1: (1, 0)}, submits=1.1)
+    assert [(e.jobid, e.name) for e in news] == [
+        (1, "validate"), (1, "depend"), (3, "submit"), (3, "validate"),
+    ]  # fmt: skip
+    assert [(e.jobid, e.name) for e in old] == [
+        (2, "submit"), (1, "submit"), (2, "validate"), (2, "clean"), (1, "annotations"),
+    ]  # fmt: skip
+
+
+def test_the_newest_save_alone_has_every_active_jobs_counts(tmp_path: Path) -> None:
+    """Positions carry only changed jobs; running just the newest save still writes them all."""
+    broker = scenario_broker()
+    checkpoint = Checkpoint(tmp_path)
+    stop = VirtualStop(broker)
+    broker.at(SCENARIO_START + 3.0, stop.set)
+    run = prepare(broker, make_settings(), stop, checkpoint=checkpoint)
+    waiting: list[Callable[[], None]] = []
+    run.source.after_written = waiting.append
+    run.source.run(run.parts.pipeline, stop)
+    assert len(waiting) > 1
+    waiting[-1]()
+    data = json.loads(checkpoint.path.read_text())
+    memory = run.source.memory
+    want = {
+        jobid: [memory.main_count.get(jobid, 0), memory.exec_count.get(jobid, 0)]
+        for jobid in set(memory.main_count) | set(memory.exec_count)
+    }
+    assert len(want) == 3  # active at the stop; the newest position changed just one
+    assert {jobid: [n, e] for jobid, n, e in data["jobs"]} == want
+    assert data["submits"] == max(
+        j.submit_time for j in broker.jobs.values() if j.submit_time <= SCENARIO_START + 3.0
+    )

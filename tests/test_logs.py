@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -217,3 +219,64 @@ def test_records_from_many_threads_are_all_written(tmp_path: Path) -> None:
             assert len(set(lines)) == 80000
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_after_written_runs_once_the_records_before_it_are_out() -> None:
+    """A mark's callback runs after the records handed over before it are written, never sooner."""
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w")
+    writer = LineWriter(stream, capacity=100)
+    writer.start()
+    seen: list[str] = []
+    done = threading.Event()
+    try:
+        writer.msg("first")
+        writer.msg("second")
+
+        def mark() -> None:
+            seen.append("mark")
+            done.set()
+
+        writer.after_written(mark)
+        assert done.wait(10)
+        out = os.read(read_fd, 1000).decode()
+        assert out == "first\nsecond\n"  # written before the mark ran; the mark writes nothing
+        assert seen == ["mark"]
+    finally:
+        writer.close()
+        stream.close()
+        os.close(read_fd)
+
+
+def test_after_written_keeps_only_the_newest_of_marks_due_together() -> None:
+    """Marks due in one written batch run once, the newest; none runs after a failed write."""
+    gate, entered = threading.Event(), threading.Event()
+
+    class Slow(io.StringIO):
+        def write(self, text: str) -> int:
+            entered.set()
+            gate.wait(10)
+            return super().write(text)
+
+    writer = LineWriter(Slow(), capacity=100)
+    writer.start()
+    ran: list[int] = []
+    writer.msg("a")
+    assert entered.wait(10)  # the writer thread is blocked writing "a" alone
+    for n in range(5):
+        writer.msg(f"b{n}")
+        writer.after_written(functools.partial(ran.append, n))
+    gate.set()
+    writer.close()
+    assert ran == [4]
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(32, "Broken pipe")
+
+    broken = LineWriter(Broken(), capacity=100)
+    broken.start()
+    broken.msg("lost")
+    broken.after_written(lambda: ran.append(99))
+    broken.close()
+    assert ran == [4]

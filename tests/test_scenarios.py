@@ -148,3 +148,21 @@ def test_journal_replay(replay: Callable[..., Replayed]) -> None:
     assert held["held_time"] == pytest.approx(36.2334192 - 35.5191689, abs=1e-6)
     assert held["time_sched"] >= held["held_time"]
     assert held["time_priority"] < 0.01
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_seq_is_the_eventlog_line_index(
+    path: Path, replay: Callable[..., Replayed]
+) -> None:
+    """Each job.event's seq is its line's index in the recorded `flux job eventlog` output."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    want: dict[tuple[str, int], tuple[str, float]] = {}
+    count: Counter[str] = Counter()
+    for line in lines:
+        eventlog = "main" if line["eventlog"] == "eventlog" else "exec"
+        want[(eventlog, count[eventlog])] = (line["name"], line["timestamp"])
+        count[eventlog] += 1
+    out = replay([path])
+    got = {(r["eventlog"], r["seq"]): (r["name"], r["event_ts"]) for r in out.records("job.event")}
+    assert len(out.records("job.event")) == len(lines)
+    assert got == want

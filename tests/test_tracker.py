@@ -379,3 +379,54 @@ def test_a_sink_without_a_kind_is_reported_by_class_name() -> None:
     assert not tracker.apply(ev(1, "alloc", 100.0))
     assert tracker.sink_errors == {"Broken": 1}
     assert tracker.rejected["unknown_job"] == 1
+
+
+class SeqSink(NullSink):
+    """Keeps (jobid, eventlog, seq, name) of each applied event."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, str, int, str]] = []
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """Record the event's key."""
+        self.keys.append((job.jobid, event.eventlog, job.seq, event.name))
+
+
+def test_seq_counts_each_eventlog_from_zero() -> None:
+    """seq is the event's 0-based index in its job's main or exec eventlog, counted apart."""
+    sink = SeqSink()
+    tracker = Tracker([sink])
+    for event in lifecycle(1, 100.0, exec_events=True) + lifecycle(2, 200.0):
+        tracker.apply(event)
+    for jobid in (1, 2):
+        for eventlog in ("main", EXEC):
+            seqs = [s for j, log, s, _ in sink.keys if j == jobid and log == eventlog]
+            assert seqs == list(range(len(seqs)))
+    assert any(log == EXEC for _, log, _, _ in sink.keys)
+
+
+def test_seq_is_the_same_after_history_is_replayed_silently() -> None:
+    """A restart that re-applies the first events as history gives later events the same seq."""
+    events = lifecycle(1, 100.0, exec_events=True)
+    everything = SeqSink()
+    tracker = Tracker([everything])
+    for event in events:
+        tracker.apply(event)
+    for cut in range(len(events)):
+        resumed = SeqSink()
+        tracker = Tracker([resumed])
+        for i, event in enumerate(events):
+            tracker.apply(event, live=i >= cut)
+        assert resumed.keys == everything.keys[cut:]
+
+
+def test_refused_events_take_no_seq() -> None:
+    """A duplicate is refused and does not advance the count: the next event keeps its index."""
+    sink = SeqSink()
+    tracker = Tracker([sink])
+    first = head()
+    for event in [*first, first[-1], ev(1, "alloc", 101.0)]:
+        tracker.apply(event)
+    assert [(s, n) for _, _, s, n in sink.keys] == [
+        (0, "submit"), (1, "validate"), (2, "depend"), (3, "priority"), (4, "alloc")
+    ]  # fmt: skip

@@ -11,14 +11,19 @@ ends (``delivery``).
 Each connection runs one Flux reactor on the source thread (``source``), with a
 :class:`~fluxmon.sources.flux.connection.Connection` that the mode and the delivery
 share. Callbacks never raise (an escaping exception would stop the reactor): each is
-wrapped, and a failure is logged. A repeating timer checks the stop flag, writes the
-checkpoint, releases overdue held cleans and, in watch mode, polls job-list.
+wrapped, and a failure is logged. A repeating timer checks the stop flag,
+releases overdue held cleans and, in watch mode, polls job-list. The checkpoint is
+saved after each live batch, through the log writer (``FluxSource.after_written``),
+once that batch's records are written.
 
-Reconnects: the tracker outlives a connection. On reconnect, history events at or
-before the newest timestamp already delivered are skipped, newer ones are delivered as
-live (they happened while fluxmon was away), and tracked jobs the new history does not
-mention are forgotten (purged, or the instance restarted). A checkpoint does the same
-across restarts of fluxmon (``checkpoint``).
+Reconnects: the tracker outlives a connection. On reconnect (journal mode) a job
+whose delivered main-event timestamps the history goes on from gets the rest delivered
+as live (it happened while fluxmon was away); one whose history contradicts them (a
+broker that rolled back) is rewound; jobs not remembered are split by the newest
+``submit`` delivered (``journal.split_history``); tracked jobs the new history does
+not mention are forgotten (purged, or the instance restarted). A checkpoint saves
+per-job delivered counts so that a restart of fluxmon splits history the same way
+(``checkpoint``).
 """
 
 from fluxmon.sources.flux.bindings import Bindings, FluxBindings, FluxUnavailable

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,6 +18,8 @@ FORMAT_VERSION: Final = 1
 #: Seconds a checkpoint's timestamps may lie ahead of this host's clock (clock skew
 #: between this host and the broker's); further ahead, the file is not trusted.
 MAX_SKEW: Final = 300.0
+#: Most jobs a checkpoint may name in ``held`` (cleans held for exec eventlogs).
+MAX_HELD: Final = 1_000_000
 
 
 class InvalidCheckpoint(ValueError):
@@ -55,6 +59,54 @@ def parse(data: Any, now: float) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def parse_held(data: dict[str, Any]) -> frozenset[int]:
+    """The ``held`` jobids of a checkpoint that :func:`parse` accepted (absent: none).
+
+    Jobs whose ``clean`` was at or before ``since`` but not yet delivered (held back
+    until their exec eventlog was read): their clean is still to be counted.
+    """
+    held = data.get("held", [])
+    if not isinstance(held, list) or len(held) > MAX_HELD:
+        raise InvalidCheckpoint(f"held is not a list of at most {MAX_HELD} jobids")
+    for jobid in held:
+        if type(jobid) is not int or not 0 <= jobid < 2**64:
+            raise InvalidCheckpoint(f"held has {json.dumps(jobid)}, not a jobid")
+    return frozenset(held)
+
+
+#: What a checkpoint says of each job active at its save: (jobid, main events
+#: delivered, exec events delivered).
+JobCounts = dict[int, tuple[int, int]]
+
+
+def parse_jobs(data: dict[str, Any]) -> tuple[float | None, JobCounts | None]:
+    """``submits`` and ``jobs`` of a checkpoint that :func:`parse` accepted (absent: None).
+
+    ``submits`` is the newest ``submit`` timestamp delivered (the journal sends submits
+    in time order, the other events not); ``jobs`` lists each job active at the save
+    with how many of its main and exec events were delivered.
+    """
+    submits = data.get("submits")
+    jobs = data.get("jobs")
+    if submits is None and jobs is None:
+        return None, None
+    if type(submits) is not float or not math.isfinite(submits) or submits < 0:
+        raise InvalidCheckpoint(f"submits is {json.dumps(submits)}, not a timestamp >= 0")
+    if not isinstance(jobs, list) or len(jobs) > MAX_HELD:
+        raise InvalidCheckpoint(f"jobs is not a list of at most {MAX_HELD} entries")
+    counts: JobCounts = {}
+    for entry in jobs:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or any(type(n) is not int or n < 0 for n in entry)
+            or entry[0] >= 2**64
+        ):
+            raise InvalidCheckpoint(f"jobs has {json.dumps(entry)}, not [jobid, main, exec]")
+        counts[entry[0]] = (entry[1], entry[2])
+    return submits, counts
+
+
 class Checkpoint:
     """The newest main and exec event timestamps delivered, in ``CHECKPOINT_FILE``.
 
@@ -64,8 +116,14 @@ class Checkpoint:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / CHECKPOINT_FILE
-        self._written: tuple[float, float] | None = None
+        self._written: tuple[object, ...] | None = None
         self._warned = False
+        self._lock = threading.Lock()  # saves come from the log writer's thread
+        #: The ``held`` jobids :meth:`load` read.
+        self.held: frozenset[int] = frozenset()
+        #: The ``submits`` and ``jobs`` :meth:`load` read (None: a file without them).
+        self.submits: float | None = None
+        self.jobs: JobCounts | None = None
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -83,19 +141,52 @@ class Checkpoint:
             log.warning("checkpoint.unreadable", path=str(self.path), error=str(err))
             return 0.0, 0.0
         try:
-            since, exec_since = parse(json.loads(text), now)
+            data = json.loads(text)
+            since, exec_since = parse(data, now)
+            held = parse_held(data)
+            submits, jobs = parse_jobs(data)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
-        self._written = (since, exec_since)
+        self.held, self.submits, self.jobs = held, submits, jobs
         return since, exec_since
 
-    def save(self, since: float, exec_since: float, log: FilteringBoundLogger) -> None:
+    def save(
+        self,
+        since: float,
+        exec_since: float,
+        log: FilteringBoundLogger,
+        held: Iterable[int] = (),
+        submits: float | None = None,
+        jobs: JobCounts | None = None,
+    ) -> None:
         """Write durably, only when it changed: a temporary file, fsync, rename, fsync."""
-        if since <= 0 or self._written == (since, exec_since):
+        with self._lock:
+            self._save(since, exec_since, log, frozenset(held), submits, jobs)
+
+    def _save(
+        self,
+        since: float,
+        exec_since: float,
+        log: FilteringBoundLogger,
+        held: frozenset[int],
+        submits: float | None = None,
+        jobs: JobCounts | None = None,
+    ) -> None:
+        state = (since, exec_since, held, submits, jobs)
+        if since <= 0 or self._written == state:
             return
         tmp = self.path.with_suffix(".tmp")
-        data = {"version": FORMAT_VERSION, "since": float(since), "exec_since": float(exec_since)}
+        data: dict[str, object] = {
+            "version": FORMAT_VERSION,
+            "since": float(since),
+            "exec_since": float(exec_since),
+        }
+        if held:
+            data["held"] = sorted(held)
+        if submits is not None and jobs is not None:
+            data["submits"] = float(submits)
+            data["jobs"] = [[jobid, *counts] for jobid, counts in sorted(jobs.items())]
         try:
             with tmp.open("w") as file:
                 file.write(json.dumps(data) + "\n")
@@ -112,4 +203,4 @@ class Checkpoint:
                 self._warned = True
                 log.warning("checkpoint.unwritable", path=str(self.path), error=str(err))
             return
-        self._written = (since, exec_since)
+        self._written = state

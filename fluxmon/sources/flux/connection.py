@@ -64,6 +64,18 @@ class Memory:
     finished: OrderedDict[int, list[float]] = field(default_factory=OrderedDict)
     #: Rewound jobs: their exec events at or before this time were delivered before.
     exec_quiet: dict[int, float] = field(default_factory=dict)
+    #: Jobs whose clean is at or before ``since`` but was never delivered (the checkpoint's
+    #: ``held``): it is delivered live when it comes, and the job stays here until then.
+    pending_cleans: set[int] = field(default_factory=set)
+    #: Main and exec events delivered per active job (what a restart skips of it), and
+    #: the newest ``submit`` timestamp delivered (submits come in time order).
+    main_count: dict[int, int] = field(default_factory=dict)
+    exec_count: dict[int, int] = field(default_factory=dict)
+    #: Jobs whose counts changed (or that ended) since the last position was taken.
+    changed: set[int] = field(default_factory=set)
+    submit_since: float = 0.0
+    #: The checkpoint's counts, for the first connection after it (None: none).
+    resume_jobs: dict[int, tuple[int, int]] | None = None
 
     def applied_to(self, jobid: int, timestamp: float, *, submit: bool, last: bool) -> None:
         """Remember a delivered main event (``last``: the job's clean or invalidate)."""
@@ -87,6 +99,19 @@ class Memory:
         return found if found is not None else self.finished.get(jobid)
 
 
+@dataclass(frozen=True)
+class Position:
+    """What has been delivered, as a checkpoint saves it."""
+
+    since: float  # newest main timestamp
+    exec_since: float  # newest exec timestamp (or the first start's exec horizon)
+    held: frozenset[int]  # jobs whose clean at or before ``since`` is held back
+    submits: float  # newest submit timestamp
+    #: (main, exec) events delivered of each job whose counts changed since the last
+    #: position; None for a job that ended. Applied in order, they give every count.
+    changes: dict[int, tuple[int, int] | None]
+
+
 @dataclass
 class Connection:
     """One connection to the broker, and everything its modes and watches use."""
@@ -104,6 +129,9 @@ class Connection:
     start: Start
     flux_version: str
     connected_at: float  # wall clock
+    #: Makes a position durable once the records delivered so far are written:
+    #: ``(since, exec_since, held jobids)``; None: no checkpoint.
+    save_position: Callable[[Position], None] | None = None
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

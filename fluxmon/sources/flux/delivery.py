@@ -40,10 +40,13 @@ from typing import Any, Final
 from fluxmon.events import EXEC, JOURNAL_ONLY, InvalidEvent, JobEvent, entry_event, shown
 from fluxmon.sources import Downstream
 from fluxmon.sources.flux.bindings import WatchFuture
-from fluxmon.sources.flux.connection import Connection, describe, errno_name
+from fluxmon.sources.flux.connection import Connection, Position, describe, errno_name
 
 #: Longest time a job's ``clean`` waits for its exec watch to end.
 HOLD_SECONDS: Final = 10.0
+#: The checkpoint's ``since`` when a first start found no history at all: every event
+#: after it is news (``since`` 0 would mean "no checkpoint").
+NO_HISTORY: Final = 1e-06
 #: Most characters of a refused payload's description kept in its record.
 MAX_DETAIL: Final = 300
 #: Watch errors that mean the connection is gone: the session ends, held cleans are
@@ -95,6 +98,52 @@ class EventDelivery:
         self._warned_limit = False
         #: Exec events at or before this wall-clock time are history (not counted live).
         self.exec_history_until = -math.inf
+        #: Main events at or before this time were a first start's history (0: none).
+        self.history_until = 0.0
+
+    # -- the checkpoint ---------------------------------------------------------------
+
+    def mark(self) -> None:
+        """Save the position reached once the records delivered so far are written.
+
+        Called after each live delivery and when history is in. The position is what
+        has been delivered: the newest main timestamp (or the first start's history
+        horizon), the exec horizon, and the jobs whose ``clean`` lies at or before it
+        but is held back (so a restart still delivers it).
+        """
+        connection = self._connection
+        memory = self._memory
+        if connection.save_position is None:
+            memory.changed.clear()
+            return
+        since = max(memory.since, self.history_until)
+        exec_since = max(memory.exec_since, self.exec_history_until)
+        held = frozenset(self._held).union(memory.held_over, memory.pending_cleans)
+        connection.save_position(
+            Position(
+                since,
+                exec_since,
+                held,
+                max(memory.submit_since, self.history_until if self.history_until > 0 else 0.0),
+                self._changes(),
+            )
+        )
+
+    def _changes(self) -> dict[int, tuple[int, int] | None]:
+        """Counts of the jobs changed since the last position.
+
+        A cost in the size of the batch, not in the number of active jobs.
+        """
+        memory = self._memory
+        main_count, exec_count = memory.main_count, memory.exec_count
+        changes: dict[int, tuple[int, int] | None] = {}
+        for jobid in memory.changed:
+            if jobid in main_count or jobid in exec_count:
+                changes[jobid] = (main_count.get(jobid, 0), exec_count.get(jobid, 0))
+            else:
+                changes[jobid] = None
+        memory.changed.clear()
+        return changes
 
     # -- main events ------------------------------------------------------------------
 
@@ -102,10 +151,16 @@ class EventDelivery:
         """Deliver main events in order; ``watch_exec``: an ``alloc`` opens its exec watch."""
         memory = self._memory
         out: list[JobEvent] = []
+        main_count = memory.main_count
         for event in batch:
             jobid = event.jobid
             memory.since = max(memory.since, event.timestamp)
             name = event.name
+            # What is delivered of each job is kept twice, here only: the timestamps
+            # (``applied``, compared with the broker's history on reconnect) and the
+            # count of events out (``main_count``, saved in the checkpoint). For an
+            # active job they agree; a held clean is in ``applied`` (the job is then
+            # in ``finished``) and counted once it is released.
             if name not in JOURNAL_ONLY:  # not in the eventlog, so not compared with it
                 memory.applied_to(
                     jobid,
@@ -115,6 +170,7 @@ class EventDelivery:
                 )
             if name == "submit":
                 memory.active.add(jobid)
+                memory.submit_since = max(memory.submit_since, event.timestamp)
             elif name == "alloc":
                 memory.running.add(jobid)
                 if watch_exec:
@@ -124,9 +180,14 @@ class EventDelivery:
                     self._hold(event)
                     continue
                 self.job_gone(jobid)
+            if name not in JOURNAL_ONLY and jobid in memory.active:
+                main_count[jobid] = main_count.get(jobid, 0) + 1
+                memory.changed.add(jobid)
             out.append(event)
         if out:
             self._connection.downstream.events(out, live=live)
+            if live:
+                self.mark()
 
     def _hold(self, event: JobEvent) -> None:
         held, deadline = self._held.get(event.jobid, ([], 0.0))
@@ -140,6 +201,7 @@ class EventDelivery:
         if held:
             self.job_gone(jobid)
             self._connection.downstream.events(held, live=True)
+            self.mark()
 
     def release_overdue(self, now: float) -> None:
         """Stop waiting for exec watches whose job's clean has been held past its deadline."""
@@ -177,6 +239,12 @@ class EventDelivery:
         memory.held_over.pop(jobid, None)
         memory.exec_quiet.pop(jobid, None)
         memory.applied.pop(jobid, None)  # a clean has moved it to ``finished`` already
+        memory.pending_cleans.discard(jobid)
+        memory.main_count.pop(jobid, None)
+        memory.exec_count.pop(jobid, None)
+        memory.changed.add(jobid)
+        if memory.resume_jobs:
+            memory.resume_jobs.pop(jobid, None)
 
     def rewind(self, jobid: int) -> None:
         """Forget all that is remembered of a job the broker's history rewrote."""
@@ -227,9 +295,18 @@ class EventDelivery:
             return  # re-read after a reconnect
         seen.add(key)
         memory.exec_since = max(memory.exec_since, event.timestamp)
-        quiet = max(self.exec_history_until, memory.exec_quiet.get(event.jobid, -math.inf))
-        live = event.timestamp > quiet
+        index = len(seen) - 1  # in the job's exec eventlog
+        resumed = memory.resume_jobs.get(event.jobid) if memory.resume_jobs else None
+        if resumed is not None:  # the checkpoint says how many were delivered
+            live = index >= resumed[1]
+        else:  # a rewound job's exec events delivered before it was rewound stay quiet
+            quiet = max(self.exec_history_until, memory.exec_quiet.get(event.jobid, -math.inf))
+            live = event.timestamp > quiet
+        memory.exec_count[event.jobid] = max(index + 1, resumed[1] if resumed else 0)
+        memory.changed.add(event.jobid)
         self._connection.downstream.events([event], live=live)
+        if live:
+            self.mark()
 
     # -- watches ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Final
 from fluxmon.events import JOURNAL_ONLY, MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import EventDelivery, refuse, to_event
+from fluxmon.sources.flux.delivery import NO_HISTORY, EventDelivery, refuse, to_event
 
 #: Journal refusals that mean "use watch mode" (flux.mode = "auto").
 _REFUSALS = {
@@ -33,6 +33,39 @@ def has_journal(flux_version: str) -> bool:
     """The broker's flux-core (``0.88.0-59-g4a5e79f56``) has the events-journal (False: unknown)."""
     match = re.match(r"v?(\d+)\.(\d+)", flux_version)
     return match is not None and (int(match[1]), int(match[2])) >= JOURNAL_SINCE
+
+
+def split_history(
+    history: list[JobEvent], counts: dict[int, tuple[int, int]], submits: float
+) -> tuple[list[JobEvent], list[JobEvent]]:
+    """History already delivered, and the news, by what was delivered of each job.
+
+    The journal sends each job's events in order, but not all jobs' events in time
+    order (``submit`` and ``validate`` carry job-ingest's earlier timestamps), so a
+    single "newest timestamp" would take undelivered events for delivered ones. Here:
+    of a job in ``counts`` the first ``main`` events are old; a job not in it was
+    delivered whole (and has ended) if its ``submit`` is at or before ``submits`` (the
+    journal sends submits in time order), else it is all news.
+    """
+    old: list[JobEvent] = []
+    news: list[JobEvent] = []
+    seen: dict[int, int] = {}
+    whole: dict[int, bool] = {}
+    for event in history:
+        jobid = event.jobid
+        if event.name in JOURNAL_ONLY:
+            old.append(event)  # applies to nothing
+            continue
+        index = seen.get(jobid, 0)
+        seen[jobid] = index + 1
+        known = counts.get(jobid)
+        if known is not None:
+            (old if index < known[0] else news).append(event)
+            continue
+        if index == 0:
+            whole[jobid] = event.timestamp <= submits
+        (old if whole[jobid] else news).append(event)
+    return old, news
 
 
 class JournalMode:
@@ -137,32 +170,45 @@ class JournalMode:
         match connection.start:
             case Start.FRESH:
                 delivery.exec_history_until = history[-1].timestamp if history else 0.0
+                delivery.history_until = history[-1].timestamp if history else NO_HISTORY
                 delivery.deliver_main(history, live=False, watch_exec=False)
             case Start.RESUMED:
-                delivery.exec_history_until = connection.memory.exec_since
-                old = [event for event in history if event.timestamp <= since]
+                memory = connection.memory
+                delivery.exec_history_until = memory.exec_since
+                if memory.resume_jobs is not None:
+                    old, news = split_history(history, memory.resume_jobs, memory.submit_since)
+                else:  # a checkpoint without per-job counts: by time, as it says
+                    pending = memory.pending_cleans
+                    old = []
+                    for event in history:
+                        late = event.jobid in pending and event.name in ("clean", "invalidate")
+                        (news if event.timestamp > since or late else old).append(event)
                 delivery.deliver_main(old, live=False, watch_exec=False)
-                news = [event for event in history if event.timestamp > since]
             case Start.RECONNECTED:
                 self._forget_vanished()
-                news = self._reconcile(history, since)
+                news = self._reconcile(history)
         # Exec watches opened here and at each alloc among the news hold those jobs'
         # cleans until their exec eventlogs are read.
         delivery.resume()
         delivery.deliver_main(news, live=True)
         connection.go_live()
+        delivery.mark()  # the first start's history horizon is durable from here
 
-    def _reconcile(self, history: list[JobEvent], since: float) -> list[JobEvent]:
+    def _reconcile(self, history: list[JobEvent]) -> list[JobEvent]:
         """After a reconnect: what of the history to deliver live; rewinds rewritten jobs.
 
         A job fluxmon delivered events of is compared with the broker's history by its
-        main-event timestamps. Where the history goes on from what was delivered, the rest
-        is new (even at or before ``since``). Where it does not (a rank-0 broker that was
-        killed rolled its KVS back to its last checkpoint: a job that finished is active
-        again, its eventlog is shorter, or goes on with other events, see flux-core's
-        ``job-manager/restart.c`` ``restart_from_kvs``), the broker's word wins: the job
-        is forgotten, the events both agree on are delivered again as history and the
-        rest live. Jobs not remembered are taken by ``since`` as before.
+        main-event timestamps (``Memory.delivered``). Where the history goes on from what
+        was delivered, the rest is new (even at or before ``since``). Where it does not (a
+        rank-0 broker that was killed rolled its KVS back to its last checkpoint: a job
+        that finished is active again, its eventlog is shorter, or goes on with other
+        events, see flux-core's ``job-manager/restart.c`` ``restart_from_kvs``), the
+        broker's word wins: the job is forgotten, the events both agree on are delivered
+        again as history and the rest live. Jobs not remembered (finished before the
+        last ``FINISHED_REMEMBERED``, or never delivered) are split as a restart splits
+        jobs its checkpoint does not list (:func:`split_history`): whole if their
+        ``submit`` is at or before ``submit_since`` (delivered and ended), all news if
+        after.
         """
         memory, delivery, downstream = (
             self._connection.memory,
@@ -173,10 +219,11 @@ class JournalMode:
         for event in history:
             by_job.setdefault(event.jobid, []).append(event)
         news: list[JobEvent] = []
+        unknown: list[JobEvent] = []
         for jobid, job_events in by_job.items():
             known = memory.delivered(jobid)
             if known is None:
-                news.extend(event for event in job_events if event.timestamp > since)
+                unknown.extend(job_events)
                 continue
             # Journal-only events (annotations) are not in the eventlog: compare without.
             events = [event for event in job_events if event.name not in JOURNAL_ONLY]
@@ -191,6 +238,8 @@ class JournalMode:
                 downstream.rewind(jobid, events_dropped=dropped, events_new=len(events) - agreed)
                 delivery.deliver_main(events[:agreed], live=False, watch_exec=False)
             news.extend(events[agreed:])
+        _, fresh = split_history(unknown, {}, memory.submit_since)
+        news.extend(fresh)
         news.sort(key=lambda event: event.timestamp)
         return news
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import threading
@@ -17,17 +18,20 @@ from fluxmon.events import check_text, shown
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
 from fluxmon.sources.flux.checkpoint import Checkpoint
-from fluxmon.sources.flux.connection import Connection, Memory, Start, describe
+from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
 from fluxmon.sources.flux.watch import WatchMode
 
 #: The system instance's URI, used when neither the config nor FLUX_URI name one.
 SYSTEM_URI: Final = "local:///run/flux/local"
-#: Period of the housekeeping timer (stop flag, checkpoint, held cleans, polling).
+#: Period of the housekeeping timer (stop flag, held cleans, polling).
 TICK: Final = 0.25
-#: Seconds between checkpoint writes (and one at exit).
-CHECKPOINT_EVERY: Final = 5.0
+
+
+def _at_once(callback: Callable[[], None]) -> None:
+    """``after_written`` with no log writer: nothing is buffered, so now."""
+    callback()
 
 
 def resolve_uri(configured: str | None, environ: Mapping[str, str]) -> str:
@@ -59,7 +63,19 @@ class FluxSource:
     monotonic: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)  # reconnect jitter
     checkpoint: Checkpoint | None = None
+    #: Runs a callback once the records handed over so far are written (the log
+    #: writer's :meth:`~fluxmon.logs.LineWriter.after_written`): the checkpoint never
+    #: runs ahead of the output.
+    after_written: Callable[[Callable[[], None]], None] = _at_once
     memory: Memory = field(default_factory=Memory, init=False)
+    #: Positions handed to the writer and not yet saved, in order, and the counts the
+    #: writer thread has applied (see :meth:`save_position`).
+    _positions: collections.deque[tuple[int, Position]] = field(
+        default_factory=collections.deque, init=False
+    )
+    _positions_seq: int = field(default=0, init=False)
+    _positions_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _durable_jobs: dict[int, tuple[int, int]] = field(default_factory=dict, init=False)
     _next_start: Start = field(default=Start.FRESH, init=False)
 
     def __post_init__(self) -> None:
@@ -69,23 +85,58 @@ class FluxSource:
         since, exec_since = self.checkpoint.load(self.log, self.clock())
         if since > 0:
             self.memory.since, self.memory.exec_since = since, exec_since
+            self.memory.pending_cleans = set(self.checkpoint.held)
+            if self.checkpoint.jobs is not None and self.checkpoint.submits is not None:
+                self.memory.resume_jobs = self.checkpoint.jobs
+                self.memory.submit_since = self.checkpoint.submits
+                # Exec events delivered before stay delivered until the watch reads them.
+                for jobid, (_, execs) in self.checkpoint.jobs.items():
+                    if execs:
+                        self.memory.exec_count[jobid] = execs
+                        self.memory.changed.add(jobid)
             self._next_start = Start.RESUMED
             self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
 
-    def save_checkpoint(self) -> None:
-        """Write the newest delivered timestamps (if there is a checkpoint)."""
-        if self.checkpoint is not None:
-            self.checkpoint.save(self.memory.since, self.memory.exec_since, self.log)
+    def save_position(self, position: Position) -> None:
+        """Write the position to the checkpoint once the records delivered so far are out.
+
+        Called after each live batch: a SIGKILL then repeats at most the records written
+        since the last save (the log writer's batch in flight), and never loses one.
+        Positions carry only the jobs that changed; the writer applies every position
+        up to the one it saves (in order), so its copy of the counts is exact.
+        """
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return
+        with self._positions_lock:
+            self._positions_seq += 1
+            seq = self._positions_seq
+            self._positions.append((seq, position))
+        self.after_written(lambda: self._save_upto(checkpoint, seq))
+
+    def _save_upto(self, checkpoint: Checkpoint, seq: int) -> None:
+        """On the writer thread: apply positions up to ``seq`` and save the result."""
+        durable = self._durable_jobs
+        last: Position | None = None
+        with self._positions_lock:
+            while self._positions and self._positions[0][0] <= seq:
+                last = self._positions.popleft()[1]
+                for jobid, counts in last.changes.items():
+                    if counts is None:
+                        durable.pop(jobid, None)
+                    else:
+                        durable[jobid] = counts
+        if last is not None:
+            checkpoint.save(
+                last.since, last.exec_since, self.log, last.held, last.submits, dict(durable)
+            )
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Connect, stream, and reconnect with capped exponential backoff until stopped.
 
         Raises :class:`FluxUnavailable` when the very first connection fails.
         """
-        try:
-            self._run(downstream, stop)
-        finally:
-            self.save_checkpoint()
+        self._run(downstream, stop)
 
     def _run(self, downstream: Downstream, stop: threading.Event) -> None:
         backoff = self.settings.reconnect_min
@@ -106,7 +157,7 @@ class FluxSource:
             connection = self._connection(handle, downstream)
             self._next_start = Start.RECONNECTED
             try:
-                reason = _Session(connection, stop, self.save_checkpoint).run()
+                reason = _Session(connection, stop).run()
             finally:
                 self.bindings.close(handle)
             caught_up = connection.caught_up
@@ -141,6 +192,7 @@ class FluxSource:
             start=self._next_start,
             flux_version=version,
             connected_at=connected_at,
+            save_position=self.save_position if self.checkpoint is not None else None,
         )
 
     def _declare_queues(self, handle: Any, downstream: Downstream) -> None:
@@ -179,14 +231,10 @@ class FluxSource:
 class _Session:
     """One connection's reactor: a housekeeping timer and the mode, until lost or stopped."""
 
-    def __init__(
-        self, connection: Connection, stop: threading.Event, save_checkpoint: Callable[[], None]
-    ) -> None:
+    def __init__(self, connection: Connection, stop: threading.Event) -> None:
         self._connection = connection
         self._stop = stop
-        self._save_checkpoint = save_checkpoint
         self._delivery = EventDelivery(connection)
-        self._next_checkpoint = 0.0  # monotonic
         self._mode: Mode
         if connection.settings.mode == "watch":
             self._mode = WatchMode(
@@ -230,8 +278,5 @@ class _Session:
             connection.bindings.stop(connection.handle)
             return
         now = connection.monotonic()
-        if now >= self._next_checkpoint:
-            self._next_checkpoint = now + CHECKPOINT_EVERY
-            self._save_checkpoint()
         self._delivery.release_overdue(now)
         self._mode.tick(now)

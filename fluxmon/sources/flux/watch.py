@@ -50,6 +50,8 @@ class WatchMode:
         connection = self._connection
         connection.downstream.connected(self._detail, flux_version=connection.flux_version)
         self._delivery.exec_history_until = self._history_until
+        if connection.start is Start.FRESH:
+            self._delivery.history_until = self._history_until
         self._delivery.resume()
         self._start_poll()
 
@@ -123,6 +125,7 @@ class WatchMode:
                 self._watch_main(listed)
         if not connection.caught_up:
             connection.go_live()
+            self._delivery.mark()
 
     # -- per-job main watches -----------------------------------------------------------
 
@@ -137,4 +140,9 @@ class WatchMode:
         if event.timestamp <= main_last.get(event.jobid, -1.0):
             return  # re-read after a reconnect: already delivered
         main_last[event.jobid] = event.timestamp
-        self._delivery.deliver_main([event], live=event.timestamp > self._history_until)
+        late_clean = event.jobid in self._connection.memory.pending_cleans and event.name in (
+            "clean",
+            "invalidate",
+        )
+        live = event.timestamp > self._history_until or late_clean
+        self._delivery.deliver_main([event], live=live)
