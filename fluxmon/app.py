@@ -327,6 +327,10 @@ def record(
     return EX_OK
 
 
+#: Seconds between GIL hand-offs in the daemons (CPython's default is 0.005); see cli.main.
+SWITCH_INTERVAL: Final = 0.0005
+
+
 def serve(
     settings: Settings,
     source: Source | Callable[[Parts], Source],

@@ -183,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ex.EX_CONFIG
     from fluxmon import app
 
+    if args.command in ("run", "demo"):
+        # The daemons answer scrapes from many threads while the source thread applies
+        # events: with CPython's default 5 ms switch interval every blocking call of an
+        # HTTP thread can wait 5 ms for the GIL behind a busy source thread (a convoy),
+        # which made a burst of 1000 scrapes take 6-9 s instead of 3.5 (benchmarks/http_load.py).
+        sys.setswitchinterval(app.SWITCH_INTERVAL)
     if args.command == "replay":
         return app.replay(args.files, settings, sys.stdout, sys.stderr)
     if args.command in ("run", "record"):
