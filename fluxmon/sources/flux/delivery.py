@@ -156,18 +156,15 @@ class EventDelivery:
             jobid = event.jobid
             memory.since = max(memory.since, event.timestamp)
             name = event.name
+            in_eventlog = name not in JOURNAL_ONLY  # else not compared nor counted
+            last = name in ("clean", "invalidate")
             # What is delivered of each job is kept twice, here only: the timestamps
             # (``applied``, compared with the broker's history on reconnect) and the
             # count of events out (``main_count``, saved in the checkpoint). For an
             # active job they agree; a held clean is in ``applied`` (the job is then
             # in ``finished``) and counted once it is released.
-            if name not in JOURNAL_ONLY:  # not in the eventlog, so not compared with it
-                memory.applied_to(
-                    jobid,
-                    event.timestamp,
-                    submit=name == "submit",
-                    last=name in ("clean", "invalidate"),
-                )
+            if in_eventlog:
+                memory.applied_to(jobid, event.timestamp, submit=name == "submit", last=last)
             if name == "submit":
                 memory.active.add(jobid)
                 memory.submit_since = max(memory.submit_since, event.timestamp)
@@ -175,12 +172,12 @@ class EventDelivery:
                 memory.running.add(jobid)
                 if watch_exec:
                     self.watch_exec(jobid)
-            elif name in ("clean", "invalidate"):
+            elif last:
                 if (jobid, EXEC) in self._watches or jobid in self._held:
                     self._hold(event)
                     continue
                 self.job_gone(jobid)
-            if name not in JOURNAL_ONLY and jobid in memory.active:
+            if in_eventlog and jobid in memory.active:
                 main_count[jobid] = main_count.get(jobid, 0) + 1
                 memory.changed.add(jobid)
             out.append(event)
