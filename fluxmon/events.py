@@ -60,6 +60,21 @@ class JobEvent(NamedTuple):
     R: Mapping[str, Any] | None = None
 
 
+class ResourceEvent(NamedTuple):
+    """One entry of the instance's resource eventlog, as every source delivers it.
+
+    flux-core's ``resource.journal`` streams these (RFC 21-style: ``resource-define``
+    first, carrying the instance's R in ``context["R"]``, then ``online``, ``offline``,
+    ``drain``, ``undrain``, ``torpid``, ``lively``, ``resource-update``); a source
+    that can only poll the resource status synthesises the same entries from what
+    changed. ``context`` is the entry's context object (empty when it has none).
+    """
+
+    name: str
+    timestamp: float
+    context: Mapping[str, Any]
+
+
 #: The context of an event that has none, shared by every such event, hence read-only.
 EMPTY_CONTEXT: Final[Mapping[str, Any]] = MappingProxyType({})
 
