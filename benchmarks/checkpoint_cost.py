@@ -14,9 +14,13 @@ batches of ``--batch`` events through a pipeline whose log writer thread writes 
 1. ``none``    no checkpoint (the floor);
 2. ``batch``   a save requested after every batch, as the Flux source does;
 3. ``sync``    a save after every batch on the source thread, not grouped (what a
-   naive per-batch fsync would cost).
+   naive per-batch fsync would cost);
+4. ``metrics`` what the daemon does: positions after every batch, and the ``flux_*``
+   counters and histograms captured (``MetricsState.capture``) and saved with the
+   position at most once per ``SAVE_INTERVAL`` (1 s), one save in flight at a time.
 
-It prints events/s and the number of checkpoint files actually written.
+It prints events/s, the number of checkpoint files actually written and, for
+``metrics``, the median capture time and the file's size.
 
     python benchmarks/checkpoint_cost.py FILE [--events 100000] [--batch 3] [--dir DIR]
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,9 +42,10 @@ from fluxmon.app import build
 from fluxmon.config import load_settings
 from fluxmon.events import EXEC, JobEvent
 from fluxmon.sources.flux.checkpoint import Checkpoint
+from fluxmon.sources.flux.source import SAVE_INTERVAL
 from fluxmon.sources.replay import parse_line
 
-MODES = ("none", "batch", "sync")
+MODES = ("none", "batch", "sync", "metrics")
 
 
 def measure(mode: str, path: Path, events: int, batch: int, directory: Path) -> dict[str, object]:
@@ -64,6 +70,14 @@ def measure(mode: str, path: Path, events: int, batch: int, directory: Path) -> 
         checkpoint._save = counting  # type: ignore[method-assign,assignment]
         log = parts.log
         since = exec_since = 0.0
+        captures: list[float] = []
+        in_flight = [False]
+        due = 0.0
+
+        def save_with(position: tuple[float, float], metrics: object) -> None:
+            checkpoint.save(position[0], position[1], log, metrics=metrics)
+            in_flight[0] = False
+
         t0 = time.perf_counter()
         for start in range(0, len(parsed), batch):
             chunk = parsed[start : start + batch]
@@ -80,6 +94,17 @@ def measure(mode: str, path: Path, events: int, batch: int, directory: Path) -> 
                 )
             elif mode == "sync":
                 checkpoint.save(since, exec_since, log)
+            elif mode == "metrics":
+                now = time.monotonic()
+                if not in_flight[0] and now >= due:
+                    c0 = time.perf_counter()
+                    metrics = parts.metrics_state.capture()
+                    captures.append(time.perf_counter() - c0)
+                    in_flight[0], due = True, now + SAVE_INTERVAL
+                    position = (since, exec_since)
+                    parts.writer.after_written(
+                        lambda p=position, m=metrics: save_with(p, m)  # type: ignore[misc]
+                    )
         parts.writer.close(60.0)
         seconds = time.perf_counter() - t0
     return {
@@ -89,6 +114,14 @@ def measure(mode: str, path: Path, events: int, batch: int, directory: Path) -> 
         "seconds": seconds,
         "events_per_s": round(len(parsed) / seconds),
         "checkpoint_writes": writes,
+        **(
+            {
+                "capture_ms_p50": round(statistics.median(captures) * 1000, 3),
+                "file_bytes": checkpoint.path.stat().st_size,
+            }
+            if captures
+            else {}
+        ),
     }
 
 

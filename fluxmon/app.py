@@ -46,6 +46,7 @@ from fluxmon.metrics import (
     SnapshotCollector,
     declared_by,
 )
+from fluxmon.persist import MetricsState
 from fluxmon.pipeline import Pipeline
 from fluxmon.progress import BarStream, ReplayProgress, total_size
 from fluxmon.reload import ConfigFile, Reloader, ReloadThread
@@ -79,6 +80,8 @@ class Parts:
     log_sink: LogSink
     metrics_sink: MetricsSink
     cap: LabelCap
+    #: Captures and restores the ``flux_*`` counters and histograms (the checkpoint's).
+    metrics_state: MetricsState
 
 
 def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
@@ -127,8 +130,37 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     )
     registry.register(SnapshotCollector(pipeline.snapshot))
     return Parts(
-        registry, tracker, pipeline, self_metrics, log, writer, options, log_sink, metrics_sink, cap
+        registry,
+        tracker,
+        pipeline,
+        self_metrics,
+        log,
+        writer,
+        options,
+        log_sink,
+        metrics_sink,
+        cap,
+        MetricsState(job_metrics, cap),
     )
+
+
+def restore_metrics(parts: Parts, saved: object, path: str) -> None:
+    """Restore a checkpoint's saved metrics; hide them until history is caught up.
+
+    A saved state that cannot be trusted is named in ``checkpoint.metrics_invalid``
+    warnings (the file and the problem); what is wrong starts at zero.
+    """
+    if saved is None:
+        return
+    state = parts.metrics_state
+
+    def warn(problem: str) -> None:
+        parts.log.warning("checkpoint.metrics_invalid", path=path, error=problem)
+
+    series = state.restore(saved, warn)
+    state.hide(True)
+    parts.pipeline.on_first_caught_up = lambda: state.hide(False)
+    parts.log.info("checkpoint.metrics_restored", path=path, series=series)
 
 
 def replay(

@@ -254,6 +254,14 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
             flux.after_written = after_written
         return flux
 
+    def served(parts: app.Parts) -> FluxSource:
+        """The daemon's source: its checkpoint carries the metrics, restored here."""
+        flux = source(parts.self_metrics, parts.log, parts.writer.after_written)
+        if checkpoint is not None:
+            app.restore_metrics(parts, checkpoint.metrics, str(checkpoint.path))
+            flux.capture = parts.metrics_state.capture
+        return flux
+
     if args.command == "record":
         if args.output == "-":
             return app.record(source, settings, sys.stdout, sys.stderr, count=args.count)
@@ -268,7 +276,7 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
     pinned = {key: opt for key, opt in options.items() if getattr(args, opt[2:]) is not None}
     return app.serve(
         _listening(settings, args.listen),
-        lambda parts: source(parts.self_metrics, parts.log, parts.writer.after_written),
+        served,
         mode="run",
         log_stream=sys.stdout,
         config_file=ConfigFile(settings, pinned),

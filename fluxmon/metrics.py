@@ -88,6 +88,8 @@ class _WithoutCreated(Collector):
 
     def __init__(self) -> None:
         self._metrics: list[Counter | Gauge | Histogram] = []
+        #: Collect nothing while set (see :meth:`fluxmon.persist.MetricsState.hide`).
+        self.hidden = False
 
     def add(self, metric: _Own) -> _Own:
         """Collect ``metric`` (created with ``registry=None``) through this collector."""
@@ -95,7 +97,9 @@ class _WithoutCreated(Collector):
         return metric
 
     def collect(self) -> Iterable[Metric]:
-        """Yield every metric's family, ``_created`` samples removed."""
+        """Yield every metric's family, ``_created`` samples removed (none while hidden)."""
+        if self.hidden:
+            return
         for metric in self._metrics:
             for family in metric.collect():
                 if family.type in _WITH_CREATED:
@@ -325,6 +329,8 @@ class JobMetrics:
             ("queue", "phase"),
             buckets.short,
         )
+        #: The collector the families are registered through (hidden after a restore).
+        self.collector = own
         registry.register(own)
 
 

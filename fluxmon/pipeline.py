@@ -68,6 +68,8 @@ class Pipeline:
         self._live_events = 0
         self._history_events = 0
         self._disconnect_reason = "not connected yet"
+        #: Called once, when history is first caught up (e.g. to show restored metrics).
+        self.on_first_caught_up: Callable[[], None] | None = None
         self.source_thread: threading.Thread | None = None
         self._sink_errors_logged: set[str] = set()
         self.stall_seconds = stall_seconds
@@ -167,6 +169,9 @@ class Pipeline:
 
     def caught_up(self) -> None:
         """History is in: from now on events are live; log the counts."""
+        first, self.on_first_caught_up = self.on_first_caught_up, None
+        if first is not None:
+            first()
         self._ready = True
         self._self.ready.set(1)
         with self._lock:

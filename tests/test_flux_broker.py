@@ -22,6 +22,7 @@ import sysconfig
 import tempfile
 import textwrap
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -820,6 +821,11 @@ start() {
   for i in $(seq 300); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sleep 0.1; done
 }
 start first
+# With a Prometheus ($PROM): wait until it has scraped this fluxmon once.
+for i in $(seq 600); do
+  [ -z "${PROM:-}" ] && break
+  curl -sf "$PROM/api/v1/query?query=up" | grep -q '"value"' && break; sleep 0.1
+done
 flux submit --cc=1-150 true > "$out/ids" &
 sub=$!
 flux submit --cc=1-50 sleep 0 > "$out/ids2" &
@@ -865,13 +871,11 @@ def _key(record: dict[str, Any]) -> tuple[Any, ...]:
     return (record["id"], record["eventlog"], record["seq"])
 
 
-@pytest.mark.slow
-def test_sigkill_repeats_at_most_the_batch_in_flight_and_loses_nothing(tmp_path: Path) -> None:
-    """kill -9 of fluxmon mid-workload, restart: every main eventlog line logged, repeats keyed.
+def _kill_run(tmp_path: Path, port: int, prometheus: str | None = None) -> str:
+    """Run the KILLED workload (fluxmon on ``port``, kill -9, restart); the kill's moment.
 
-    Repeated records (same key, same content) may only be the last ones the killed
-    fluxmon wrote (the batch whose checkpoint was not durable yet): as a set, the
-    repeated main records are a suffix of the first log's main records.
+    The kill comes 0.1 to 6 s after the first fluxmon is ready (and, with the URL of a
+    ``prometheus`` scraping it, has been scraped).
     """
     assert FLUX is not None
     state = tmp_path / "state"
@@ -887,16 +891,108 @@ def test_sigkill_repeats_at_most_the_batch_in_flight_and_loses_nothing(tmp_path:
     )
     proc = subprocess.run(
         [FLUX, "start", "--test-size=2", "bash", str(tmp_path / "killed.sh"), str(tmp_path),
-         str(free_port()), kill_after],
-        env=fluxmon_env(), capture_output=True, text=True, timeout=600, check=False,
+         str(port), kill_after],
+        env={**fluxmon_env(), **({"PROM": prometheus} if prometheus else {})},
+        capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, (kill_after, proc.stderr[-3000:])
-    assert (tmp_path / "fluxmon.rc").read_text().strip() == "0"
-    print(f"kill_after={kill_after}")  # with -s: the moment of this run
+    return kill_after
+
+
+def _broker_lines(tmp_path: Path) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """Every job's main and exec eventlog lines as the broker printed them after the run."""
     lines: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for line in (tmp_path / "eventlogs.txt").read_text().splitlines():
         jobid, eventlog, entry = line.split(" ", 2)
         lines.setdefault((int(jobid), eventlog), []).append(json.loads(entry))
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.promtool
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="the prometheus server is absent")
+def test_counters_through_a_sigkill_equal_the_eventlogs_in_prometheus(tmp_path: Path) -> None:
+    """A real Prometheus scrapes fluxmon through kill -9 and restart: no reset, exact totals.
+
+    The checkpoint carries the flux_* counters, so the restarted series go on from
+    the values they had at the last save and are hidden until history is caught up:
+    Prometheus sees no series go down (``resets()`` is 0 for every series, so
+    ``increase()`` counts nothing twice), and each series' last value equals the
+    broker's eventlog lines of that name.
+    """
+    prometheus = shutil.which("prometheus")
+    assert prometheus is not None
+    port, prom_port = free_port(), free_port()
+    config = {
+        "global": {"scrape_interval": "500ms", "scrape_timeout": "400ms"},
+        "scrape_configs": [
+            {"job_name": "fluxmon", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    log = (tmp_path / "prometheus.log").open("wb")
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{prom_port}"
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            payload = json.load(resp)
+        assert payload["status"] == "success", payload
+        result: list[dict[str, Any]] = payload["data"]["result"]
+        return result
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        assert _until(up, 60), (tmp_path / "prometheus.log").read_text()[-2000:]
+        kill_after = _kill_run(tmp_path, port, base)
+        time.sleep(1.5)  # the last scrapes are in the head block
+        resets = query("resets(flux_job_events_total[1h]) > 0")
+        finished = query("max_over_time(flux_jobs_finished_total[1h])")
+        last = query("max_over_time(flux_job_events_total[1h])")
+        restarts = query("changes(process_start_time_seconds[1h])")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert resets == [], (kill_after, resets)
+    # Prometheus scraped both processes: the one killed and the one restarted.
+    assert [float(r["value"][1]) for r in restarts] == [1.0], restarts
+    want: Counter[tuple[str, str]] = Counter()
+    for (_, eventlog), entries in _broker_lines(tmp_path).items():
+        for entry in entries:
+            want[(eventlog, entry["name"])] += 1
+    got: Counter[tuple[str, str]] = Counter()
+    for series in last:
+        labels = series["metric"]
+        got[(labels["eventlog"], labels["name"])] += int(float(series["value"][1]))
+    assert +got == +want, (kill_after, +got - +want, +want - +got)
+    assert sum(int(float(s["value"][1])) for s in finished) == 200
+
+
+@pytest.mark.slow
+def test_sigkill_repeats_at_most_the_batch_in_flight_and_loses_nothing(tmp_path: Path) -> None:
+    """kill -9 of fluxmon mid-workload, restart: every main eventlog line logged, repeats keyed.
+
+    Repeated records (same key, same content) may only be the last ones the killed
+    fluxmon wrote (those after its last durable save): as a set, the repeated main
+    records are a suffix of the first log's main records.
+    """
+    kill_after = _kill_run(tmp_path, free_port())
+    assert (tmp_path / "fluxmon.rc").read_text().strip() == "0"
+    print(f"kill_after={kill_after}")  # with -s: the moment of this run
+    lines = _broker_lines(tmp_path)
     jobs = {jobid for jobid, _ in lines}
     assert len(jobs) == 200
     first = _job_records(tmp_path / "first.log")

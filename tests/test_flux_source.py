@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import pytest
 
-from fluxmon.app import Parts, build, record, serve
+from fluxmon.app import Parts, build, record, restore_metrics, serve
 from fluxmon.config import Settings, load_settings
 from fluxmon.events import EXEC, MAIN
 from fluxmon.exitcodes import EX_OK, EX_UNAVAILABLE
@@ -1457,13 +1457,18 @@ def kill_and_restart(
     kill_after: float,
     history: float,
     transform: Callable[[FakeJob], FakeJob] | None = None,
+    *,
+    counters: bool = False,
 ) -> str | None:
     """SIGKILL fluxmon ``kill_after`` s into a run, restart it; check the records of both.
 
     The kill keeps only what was on disk and in the log at that moment (no exit save).
     With ``history`` some jobs ran before the first start (taken as history, never
     logged), and the first start had no checkpoint file yet. Returns the checkpoint
-    file as the kill left it.
+    file as the kill left it. With ``counters`` the daemon's way is taken: the
+    checkpoint carries the metrics (saved once a second), the restart restores them,
+    and the restarted counters must equal every event after the history exactly;
+    records since the last save may then be logged again (the same keys).
     """
     for stale in directory.iterdir():
         stale.unlink()
@@ -1478,8 +1483,15 @@ def kill_and_restart(
         at_kill["log"] = run.log.getvalue()
         stop.set()
 
+    def start_run(stop: VirtualStop, checkpoint: Checkpoint) -> Run:
+        run = prepare(broker, settings, stop, checkpoint=checkpoint)
+        if counters:
+            restore_metrics(run.parts, checkpoint.metrics, str(checkpoint.path))
+            run.source.capture = run.parts.metrics_state.capture
+        return run
+
     stop = VirtualStop(broker)
-    first = prepare(broker, settings, stop, checkpoint=checkpoint)
+    first = start_run(stop, checkpoint)
     broker.at(start + kill_after, lambda: kill(stop, first))
     first.source.run(first.parts.pipeline, stop)
     if at_kill["file"] is None:
@@ -1489,7 +1501,7 @@ def kill_and_restart(
     broker.advance(1.0)  # fluxmon is down for a second
     stop = VirtualStop(broker)
     broker.stop_when_idle(stop)
-    second = prepare(broker, settings, stop, checkpoint=Checkpoint(directory))
+    second = start_run(stop, Checkpoint(directory))
     second.source.run(second.parts.pipeline, stop)
 
     before = parse_log(at_kill["log"])
@@ -1500,12 +1512,17 @@ def kill_and_restart(
         default=0.0,
     )
     logged = event_keys(before) + event_keys(after)
-    assert len(logged) == len(set(logged)), "a job.event logged twice"
-    assert set(logged) == {k for k in eventlog_keys(broker, broker.jobs) if k[4] > horizon}
+    news = {k for k in eventlog_keys(broker, broker.jobs) if k[4] > horizon}
+    assert set(logged) == news
     finished = [r["id"] for r in before + after if r["msg"] == "job.finished"]
-    assert sorted(finished) == sorted(
+    assert sorted(set(finished)) == sorted(
         j.jobid for j in broker.jobs.values() if (j.first("clean") or 0.0) > horizon
     )
+    if counters:
+        assert second.events_counted() == Counter((k[1], k[3]) for k in news)
+    else:
+        assert len(logged) == len(set(logged)), "a job.event logged twice"
+        assert len(finished) == len(set(finished)), "a job.finished logged twice"
     assert checkpoint.path.exists()
     file: str | None = at_kill["file"]
     return file
@@ -1522,6 +1539,17 @@ def test_kill_repeats_nothing_and_loses_nothing(
     saved, so here even the one batch in flight is not repeated.
     """
     kill_and_restart(tmp_path, kill_after, history)
+
+
+@pytest.mark.parametrize("history", [0.0, 1.5], ids=["no-history", "history"])
+@pytest.mark.parametrize("kill_after", [0.05, 0.4, 1.1, 2.0, 2.6, 3.3, 5.0])
+def test_counters_across_a_kill_equal_the_eventlogs(
+    tmp_path: Path, kill_after: float, history: float
+) -> None:
+    """With the metrics in the checkpoint, a kill at any moment leaves the counters exact."""
+    file = kill_and_restart(tmp_path, kill_after, history, counters=True)
+    if file is not None:
+        assert "metrics" in json.loads(file)
 
 
 def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The checkpoint: the newest event timestamps delivered, kept on disk across restarts."""
+"""The checkpoint: what was delivered (and the metrics it made), kept on disk across restarts."""
 
 from __future__ import annotations
 
@@ -124,6 +124,9 @@ class Checkpoint:
         #: The ``submits`` and ``jobs`` :meth:`load` read (None: a file without them).
         self.submits: float | None = None
         self.jobs: JobCounts | None = None
+        #: The saved ``metrics`` :meth:`load` read, unchecked (None: a file without them;
+        #: :meth:`fluxmon.persist.MetricsState.restore` checks them).
+        self.metrics: object = None
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -149,6 +152,7 @@ class Checkpoint:
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
         self.held, self.submits, self.jobs = held, submits, jobs
+        self.metrics = data.get("metrics")
         return since, exec_since
 
     def save(
@@ -159,10 +163,15 @@ class Checkpoint:
         held: Iterable[int] = (),
         submits: float | None = None,
         jobs: JobCounts | None = None,
+        metrics: object = None,
     ) -> None:
-        """Write durably, only when it changed: a temporary file, fsync, rename, fsync."""
+        """Write durably, only when it changed: a temporary file, fsync, rename, fsync.
+
+        ``metrics`` (a :meth:`fluxmon.persist.MetricsState.capture`) is saved with the
+        position it was captured at, in the same file, so the two never disagree.
+        """
         with self._lock:
-            self._save(since, exec_since, log, frozenset(held), submits, jobs)
+            self._save(since, exec_since, log, frozenset(held), submits, jobs, metrics)
 
     def _save(
         self,
@@ -172,8 +181,9 @@ class Checkpoint:
         held: frozenset[int],
         submits: float | None = None,
         jobs: JobCounts | None = None,
+        metrics: object = None,
     ) -> None:
-        state = (since, exec_since, held, submits, jobs)
+        state = (since, exec_since, held, submits, jobs, metrics)
         if since <= 0 or self._written == state:
             return
         tmp = self.path.with_suffix(".tmp")
@@ -187,6 +197,8 @@ class Checkpoint:
         if submits is not None and jobs is not None:
             data["submits"] = float(submits)
             data["jobs"] = [[jobid, *counts] for jobid, counts in sorted(jobs.items())]
+        if metrics is not None:
+            data["metrics"] = metrics
         try:
             with tmp.open("w") as file:
                 file.write(json.dumps(data) + "\n")

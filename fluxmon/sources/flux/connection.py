@@ -132,6 +132,8 @@ class Connection:
     #: Makes a position durable once the records delivered so far are written:
     #: ``(since, exec_since, held jobids)``; None: no checkpoint.
     save_position: Callable[[Position], None] | None = None
+    #: Saves the newest position with the metrics if a save is due (each tick).
+    save_due: Callable[[], None] | None = None
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

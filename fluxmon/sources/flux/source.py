@@ -25,8 +25,10 @@ from fluxmon.sources.flux.watch import WatchMode
 
 #: The system instance's URI, used when neither the config nor FLUX_URI name one.
 SYSTEM_URI: Final = "local:///run/flux/local"
-#: Period of the housekeeping timer (stop flag, held cleans, polling).
+#: Period of the housekeeping timer (stop flag, held cleans, polling, due saves).
 TICK: Final = 0.25
+#: Seconds between checkpoint saves that carry the metrics (at most one in flight).
+SAVE_INTERVAL: Final = 1.0
 
 
 def _at_once(callback: Callable[[], None]) -> None:
@@ -67,6 +69,12 @@ class FluxSource:
     #: writer's :meth:`~fluxmon.logs.LineWriter.after_written`): the checkpoint never
     #: runs ahead of the output.
     after_written: Callable[[Callable[[], None]], None] = _at_once
+    #: Captures the ``flux_*`` counters and histograms
+    #: (:meth:`fluxmon.persist.MetricsState.capture`), saved with the position they
+    #: belong to. None: positions are saved without them, one per write of the writer.
+    capture: Callable[[], object] | None = None
+    #: With ``capture``: seconds between saves (one in flight at a time).
+    save_interval: float = SAVE_INTERVAL
     memory: Memory = field(default_factory=Memory, init=False)
     #: Positions handed to the writer and not yet saved, in order, and the counts the
     #: writer thread has applied (see :meth:`save_position`).
@@ -76,6 +84,12 @@ class FluxSource:
     _positions_seq: int = field(default=0, init=False)
     _positions_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _durable_jobs: dict[int, tuple[int, int]] = field(default_factory=dict, init=False)
+    #: With ``capture``: the newest position, the newest captured with the metrics, and
+    #: whether a save is still in flight and when the next may be taken (monotonic).
+    _last_seq: int = field(default=0, init=False)
+    _captured_seq: int = field(default=0, init=False)
+    _in_flight: bool = field(default=False, init=False)
+    _due: float = field(default=0.0, init=False)
     _next_start: Start = field(default=Start.FRESH, init=False)
 
     def __post_init__(self) -> None:
@@ -112,9 +126,34 @@ class FluxSource:
             self._positions_seq += 1
             seq = self._positions_seq
             self._positions.append((seq, position))
-        self.after_written(lambda: self._save_upto(checkpoint, seq))
+        if self.capture is None:
+            self.after_written(lambda: self._save_upto(checkpoint, seq))
+            return
+        self._last_seq = seq
+        self.save_due()
 
-    def _save_upto(self, checkpoint: Checkpoint, seq: int) -> None:
+    def save_due(self, *, now: bool = False) -> None:
+        """With ``capture``: save the newest position with the metrics, if a save is due.
+
+        Called on the source thread (after each position, at each tick, at a clean
+        stop with ``now``): the metrics are captured there, where the position was taken
+        and nothing has changed them since, and saved by the writer once the records up
+        to that position are out. A save is due when the position moved, the previous
+        save is done, and ``save_interval`` has passed: the cost is one capture and one
+        fsync per interval, whatever the event rate.
+        """
+        checkpoint, capture = self.checkpoint, self.capture
+        if checkpoint is None or capture is None or self._captured_seq >= self._last_seq:
+            return
+        clock = self.monotonic()
+        if not now and (self._in_flight or clock < self._due):
+            return
+        metrics = capture()
+        seq = self._captured_seq = self._last_seq
+        self._in_flight, self._due = True, clock + self.save_interval
+        self.after_written(lambda: self._save_upto(checkpoint, seq, metrics))
+
+    def _save_upto(self, checkpoint: Checkpoint, seq: int, metrics: object = None) -> None:
         """On the writer thread: apply positions up to ``seq`` and save the result."""
         durable = self._durable_jobs
         last: Position | None = None
@@ -128,15 +167,24 @@ class FluxSource:
                         durable[jobid] = counts
         if last is not None:
             checkpoint.save(
-                last.since, last.exec_since, self.log, last.held, last.submits, dict(durable)
+                last.since,
+                last.exec_since,
+                self.log,
+                last.held,
+                last.submits,
+                dict(durable),
+                metrics,
             )
+        self._in_flight = False
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
         """Connect, stream, and reconnect with capped exponential backoff until stopped.
 
-        Raises :class:`FluxUnavailable` when the very first connection fails.
+        Raises :class:`FluxUnavailable` when the very first connection fails. A stop
+        saves the last position (with the metrics) once its records are out.
         """
         self._run(downstream, stop)
+        self.save_due(now=True)
 
     def _run(self, downstream: Downstream, stop: threading.Event) -> None:
         backoff = self.settings.reconnect_min
@@ -193,6 +241,7 @@ class FluxSource:
             flux_version=version,
             connected_at=connected_at,
             save_position=self.save_position if self.checkpoint is not None else None,
+            save_due=self.save_due if self.checkpoint is not None else None,
         )
 
     def _declare_queues(self, handle: Any, downstream: Downstream) -> None:
@@ -280,3 +329,5 @@ class _Session:
         now = connection.monotonic()
         self._delivery.release_overdue(now)
         self._mode.tick(now)
+        if connection.save_due is not None:
+            connection.save_due()
