@@ -288,7 +288,9 @@ class RecordDownstream:
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Nothing to forget: the recording keeps what was seen."""
 
-    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+    def rewind(
+        self, jobid: int, *, events_dropped: int, events_new: int, finished: bool = False
+    ) -> None:
         """Log a job the broker rewrote; the recording keeps both versions of its events."""
         self._log.warning(
             "job.rewound",

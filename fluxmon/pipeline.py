@@ -200,10 +200,18 @@ class Pipeline:
                     "job.forgotten", jobid=job.f58, id=job.jobid, state=job.state, reason=reason
                 )
 
-    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
-        """Forget a job whose history the source found rewritten; log and count it."""
+    def rewind(
+        self, jobid: int, *, events_dropped: int, events_new: int, finished: bool = False
+    ) -> None:
+        """Forget a job whose history the source found rewritten; log and count it.
+
+        ``was_state`` is the tracker's; after a restart the tracker never saw the job,
+        and it is ``INACTIVE`` if the source says it had ``finished``, else null.
+        """
         with self._lock:
             was_state = self.tracker.rewind(jobid)
+        if was_state is None and finished:
+            was_state = "INACTIVE"
         self._self.rewound.inc()
         with self._records():
             self._log.warning(

@@ -319,7 +319,9 @@ class RecordingDownstream:
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         self.calls.append(("forget", reason))
 
-    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+    def rewind(
+        self, jobid: int, *, events_dropped: int, events_new: int, finished: bool = False
+    ) -> None:
         self.calls.append(("rewind", str(jobid)))
 
     def heartbeat(self, quiet_for: float = 0.0) -> None:

@@ -935,6 +935,52 @@ def test_a_rewound_jobs_checkpoint_count_is_the_brokers_history(tmp_path: Path) 
     assert saved == {job.jobid: kept}
 
 
+def test_a_rollback_while_fluxmon_was_down_is_rewound_from_the_checkpoint(tmp_path: Path) -> None:
+    """The broker and fluxmon both went down (a node crash); the broker ran a job again.
+
+    The restart compares the broker's history with the checkpoint's fingerprint of the
+    finished job: rewound, the new run counted and finished once more, nothing refused,
+    and the restored counters plus the new run equal everything the job did.
+    """
+    job = load_scenario(BY_STEM["a-success"])
+    broker = FakeBroker([job], start=SCENARIO_START)
+    before = truth(broker, [job.jobid])
+    dropped = len(job.eventlog) - 4  # the broker keeps submit .. depend
+    crash = float(job.main[-1]["timestamp"]) + 1.0
+    main = [entry(name, crash + 0.5 + 0.1 * i, **ctx) for i, (name, ctx) in enumerate(RERUN)]
+    rerun_exec = [entry(name, crash + 0.75 + 0.01 * i) for i, name in enumerate(("init", "exit"))]
+    broker.roll_back(crash, job.jobid, keep=4, then=main, then_exec=rerun_exec)
+    settings = make_settings()
+
+    def start_run(stop: VirtualStop) -> Run:
+        checkpoint = Checkpoint(tmp_path)
+        run = prepare(broker, settings, stop, checkpoint=checkpoint)
+        restore_metrics(run.parts, checkpoint.metrics, str(checkpoint.path))
+        run.source.capture = run.parts.metrics_state.capture
+        return run
+
+    stop = VirtualStop(broker)
+    broker.at(crash - 0.5, stop.set)  # fluxmon stops (or dies) before the broker crashes
+    first = start_run(stop)
+    first.source.run(first.parts.pipeline, stop)
+    assert [r["id"] for r in first.records("job.finished")] == [job.jobid]
+    broker.advance(5.0)  # both down; the broker comes back and runs the job again
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    second = start_run(stop)
+    second.source.run(second.parts.pipeline, stop)
+    assert second.records("event.rejected") == []
+    (rewound,) = second.records("job.rewound")
+    assert (rewound["id"], rewound["was_state"]) == (job.jobid, "INACTIVE")
+    assert (rewound["events_dropped"], rewound["events_new"]) == (dropped, len(RERUN))
+    new = Counter(("main", name) for name, _ in RERUN) + Counter(
+        {("exec", "init"): 1, ("exec", "exit"): 1}
+    )
+    assert second.events_counted() == before + new
+    assert [r["id"] for r in second.records("job.finished")] == [job.jobid]
+    assert second.sample("fluxmon_tracked_jobs") == 0
+
+
 def test_a_reconnect_whose_history_agrees_rewinds_nothing() -> None:
     """Without a rollback, a reconnect in the middle of jobs rewinds none of them."""
     run, *_ = run_reconnect(True)
@@ -1293,6 +1339,7 @@ def test_restart_from_checkpoint_counts_each_event_once(tmp_path: Path) -> None:
     broker.advance(2.0)  # fluxmon is down while g1-g4 run and finish
     after = one_run(stop_at=None)
     assert after.records("checkpoint.loaded")
+    assert after.records("job.rewound") == []  # the broker's history goes on from the save
     assert before.events_counted() + after.events_counted() == truth(broker, broker.jobs)
     first, second = before.finished(), after.finished()
     ids = {name: job["id"] for name, job in expected().items()}

@@ -47,8 +47,13 @@ class Downstream(Protocol):
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Drop jobs that vanished while the source was away (purged, instance restarted)."""
 
-    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+    def rewind(
+        self, jobid: int, *, events_dropped: int, events_new: int, finished: bool = False
+    ) -> None:
         """Forget a job, finished or not: the broker's history contradicts what was delivered.
+
+        ``finished``: the source knows it had finished (a restart's checkpoint says so)
+        even if the tracker does not.
 
         The broker rolled back and ran the job again. The source then delivers the
         history the two agree on as history and the rest as live; ``events_dropped``

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -77,6 +77,45 @@ def parse_held(data: dict[str, Any]) -> frozenset[int]:
 #: What a checkpoint says of each job active at its save: (jobid, main events
 #: delivered, exec events delivered).
 JobCounts = dict[int, tuple[int, int]]
+#: A job's main eventlog as delivered, in brief: how many events, and the timestamp of
+#: the last of them (what a restart compares the broker's history with).
+Fingerprint = tuple[int, float]
+#: Most finished jobs a checkpoint names in ``finished`` (the newest).
+FINISHED_SAVED: Final = 1024
+
+
+def _fingerprints(data: dict[str, Any], key: str, limit: int) -> dict[int, Fingerprint]:
+    """``key``'s ``[jobid, main, timestamp]`` entries (absent: none)."""
+    entries = data.get(key, [])
+    if not isinstance(entries, list) or len(entries) > limit:
+        raise InvalidCheckpoint(f"{key} is not a list of at most {limit} entries")
+    out: dict[int, Fingerprint] = {}
+    for entry in entries:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or type(entry[0]) is not int
+            or not 0 <= entry[0] < 2**64
+            or type(entry[1]) is not int
+            or entry[1] < 1
+            or type(entry[2]) is not float
+            or not math.isfinite(entry[2])
+        ):
+            raise InvalidCheckpoint(f"{key} has {json.dumps(entry)}, not [jobid, main, timestamp]")
+        out[entry[0]] = (entry[1], entry[2])
+    return out
+
+
+def parse_fingerprints(
+    data: dict[str, Any],
+) -> tuple[dict[int, Fingerprint], dict[int, Fingerprint]]:
+    """``active`` and ``finished`` fingerprints of a checkpoint :func:`parse` accepted.
+
+    For each job active at the save with main events delivered, and for the newest
+    :data:`FINISHED_SAVED` jobs that finished: how many main events were delivered and
+    the timestamp of the last. Absent (a checkpoint from before them): none.
+    """
+    return _fingerprints(data, "active", MAX_HELD), _fingerprints(data, "finished", FINISHED_SAVED)
 
 
 def parse_jobs(data: dict[str, Any]) -> tuple[float | None, JobCounts | None]:
@@ -127,6 +166,9 @@ class Checkpoint:
         #: The saved ``metrics`` :meth:`load` read, unchecked (None: a file without them;
         #: :meth:`fluxmon.persist.MetricsState.restore` checks them).
         self.metrics: object = None
+        #: The ``active`` and ``finished`` fingerprints :meth:`load` read.
+        self.active: dict[int, Fingerprint] = {}
+        self.finished: dict[int, Fingerprint] = {}
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -148,11 +190,13 @@ class Checkpoint:
             since, exec_since = parse(data, now)
             held = parse_held(data)
             submits, jobs = parse_jobs(data)
+            active, finished = parse_fingerprints(data)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
         self.held, self.submits, self.jobs = held, submits, jobs
         self.metrics = data.get("metrics")
+        self.active, self.finished = active, finished
         return since, exec_since
 
     def save(
@@ -164,6 +208,7 @@ class Checkpoint:
         submits: float | None = None,
         jobs: JobCounts | None = None,
         metrics: object = None,
+        fingerprints: tuple[Mapping[int, Fingerprint], Mapping[int, Fingerprint]] | None = None,
     ) -> None:
         """Write durably, only when it changed: a temporary file, fsync, rename, fsync.
 
@@ -171,7 +216,9 @@ class Checkpoint:
         position it was captured at, in the same file, so the two never disagree.
         """
         with self._lock:
-            self._save(since, exec_since, log, frozenset(held), submits, jobs, metrics)
+            self._save(
+                since, exec_since, log, frozenset(held), submits, jobs, metrics, fingerprints
+            )
 
     def _save(
         self,
@@ -182,8 +229,9 @@ class Checkpoint:
         submits: float | None = None,
         jobs: JobCounts | None = None,
         metrics: object = None,
+        fingerprints: tuple[Mapping[int, Fingerprint], Mapping[int, Fingerprint]] | None = None,
     ) -> None:
-        state = (since, exec_since, held, submits, jobs, metrics)
+        state = (since, exec_since, held, submits, jobs, metrics, fingerprints)
         if since <= 0 or self._written == state:
             return
         tmp = self.path.with_suffix(".tmp")
@@ -197,6 +245,10 @@ class Checkpoint:
         if submits is not None and jobs is not None:
             data["submits"] = float(submits)
             data["jobs"] = [[jobid, *counts] for jobid, counts in sorted(jobs.items())]
+        if fingerprints is not None:
+            active, finished = fingerprints
+            data["active"] = [[jobid, n, last] for jobid, (n, last) in sorted(active.items())]
+            data["finished"] = [[jobid, n, last] for jobid, (n, last) in finished.items()]
         if metrics is not None:
             data["metrics"] = metrics
         try:

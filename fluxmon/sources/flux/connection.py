@@ -76,6 +76,10 @@ class Memory:
     submit_since: float = 0.0
     #: The checkpoint's counts, for the first connection after it (None: none).
     resume_jobs: dict[int, tuple[int, int]] | None = None
+    #: The checkpoint's fingerprints of active and of finished jobs (what was delivered
+    #: of each: how many main events, the last one's timestamp), for the same.
+    resume_prints: dict[int, tuple[int, float]] = field(default_factory=dict)
+    resume_finished: frozenset[int] = frozenset()  # which of them had finished
 
     def applied_to(self, jobid: int, timestamp: float, *, submit: bool, last: bool) -> None:
         """Remember a delivered main event (``last``: the job's clean or invalidate)."""
@@ -110,6 +114,11 @@ class Position:
     #: (main, exec) events delivered of each job whose counts changed since the last
     #: position; None for a job that ended. Applied in order, they give every count.
     changes: dict[int, tuple[int, int] | None]
+    #: The same jobs' fingerprints (main events delivered, the last one's timestamp):
+    #: of an active job (None: none delivered, or it ended), and of each job that
+    #: finished (its whole main eventlog), in the order they finished.
+    prints: dict[int, tuple[int, float] | None] = field(default_factory=dict)
+    finished: tuple[tuple[int, tuple[int, float]], ...] = ()
 
 
 @dataclass

@@ -119,31 +119,49 @@ class EventDelivery:
         since = max(memory.since, self.history_until)
         exec_since = max(memory.exec_since, self.exec_history_until)
         held = frozenset(self._held).union(memory.held_over, memory.pending_cleans)
+        changes, prints, finished = self._changes()
         connection.save_position(
             Position(
                 since,
                 exec_since,
                 held,
                 max(memory.submit_since, self.history_until if self.history_until > 0 else 0.0),
-                self._changes(),
+                changes,
+                prints,
+                finished,
             )
         )
 
-    def _changes(self) -> dict[int, tuple[int, int] | None]:
-        """Counts of the jobs changed since the last position.
+    def _changes(
+        self,
+    ) -> tuple[
+        dict[int, tuple[int, int] | None],
+        dict[int, tuple[int, float] | None],
+        tuple[tuple[int, tuple[int, float]], ...],
+    ]:
+        """Counts and fingerprints of the jobs changed since the last position.
 
         A cost in the size of the batch, not in the number of active jobs.
         """
         memory = self._memory
         main_count, exec_count = memory.main_count, memory.exec_count
         changes: dict[int, tuple[int, int] | None] = {}
+        prints: dict[int, tuple[int, float] | None] = {}
+        finished: list[tuple[int, tuple[int, float]]] = []
         for jobid in memory.changed:
             if jobid in main_count or jobid in exec_count:
-                changes[jobid] = (main_count.get(jobid, 0), exec_count.get(jobid, 0))
+                main = main_count.get(jobid, 0)
+                changes[jobid] = (main, exec_count.get(jobid, 0))
+                stamps = memory.delivered(jobid)
+                known = stamps is not None and 0 < main <= len(stamps)
+                prints[jobid] = (main, stamps[main - 1]) if known and stamps else None
             else:
-                changes[jobid] = None
+                changes[jobid] = prints[jobid] = None
+                stamps = memory.finished.get(jobid)
+                if stamps:
+                    finished.append((jobid, (len(stamps), stamps[-1])))
         memory.changed.clear()
-        return changes
+        return changes, prints, tuple(finished)
 
     # -- main events ------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from fluxmon.events import JOURNAL_ONLY, MAIN, JobEvent, shown
@@ -66,6 +66,52 @@ def split_history(
             whole[jobid] = event.timestamp <= submits
         (old if whole[jobid] else news).append(event)
     return old, news
+
+
+#: A job the broker's history contradicts: (jobid, events dropped, events new, whether
+#: it had finished).
+Rewind = tuple[int, int, int, bool]
+
+
+def split_resumed(
+    history: list[JobEvent],
+    counts: dict[int, tuple[int, int]],
+    submits: float,
+    prints: dict[int, tuple[int, float]],
+    finished: Collection[int] = (),
+) -> tuple[list[JobEvent], list[JobEvent], list[Rewind]]:
+    """After a restart: history delivered, the news, and the jobs the broker rewrote.
+
+    A job with a fingerprint in the checkpoint (``prints``: main events delivered and
+    the last one's timestamp, of active jobs and of the newest finished ones) is
+    compared with the broker's history: where the history goes on from it (its event
+    at that index has that timestamp), it is split there. Where it does not (the
+    broker rolled its KVS back while fluxmon was down too: a job that finished is
+    active again, its eventlog is shorter or goes on with other events), the events
+    both agree on are its events up to that count at or before that timestamp (events
+    the broker wrote after its restart are newer than any it had delivered before),
+    they are history, the rest is news, and the job is reported to be rewound (with
+    whether it is one of the ``finished``). Other jobs are split as
+    :func:`split_history` says.
+    """
+    by_job: dict[int, list[JobEvent]] = {}
+    for event in history:
+        if event.name not in JOURNAL_ONLY and event.jobid in prints:
+            by_job.setdefault(event.jobid, []).append(event)
+    split_at: dict[int, tuple[int, int]] = dict(counts)
+    rewinds: list[Rewind] = []
+    for jobid, events in by_job.items():
+        n, last = prints[jobid]
+        agreed = 0
+        for event in events[:n]:
+            if event.timestamp > last:
+                break
+            agreed += 1
+        if agreed < n or events[n - 1].timestamp != last:
+            rewinds.append((jobid, n - agreed, len(events) - agreed, jobid in finished))
+        split_at[jobid] = (agreed, 0)
+    old, news = split_history(history, split_at, submits)
+    return old, news, rewinds
 
 
 class JournalMode:
@@ -176,7 +222,18 @@ class JournalMode:
                 memory = connection.memory
                 delivery.exec_history_until = memory.exec_since
                 if memory.resume_jobs is not None:
-                    old, news = split_history(history, memory.resume_jobs, memory.submit_since)
+                    old, news, rewinds = split_resumed(
+                        history,
+                        memory.resume_jobs,
+                        memory.submit_since,
+                        memory.resume_prints,
+                        memory.resume_finished,
+                    )
+                    for jobid, dropped, new, finished in rewinds:
+                        delivery.rewind(jobid)
+                        connection.downstream.rewind(
+                            jobid, events_dropped=dropped, events_new=new, finished=finished
+                        )
                 else:  # a checkpoint without per-job counts: by time, as it says
                     pending = memory.pending_cleans
                     old = []

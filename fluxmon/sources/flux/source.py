@@ -17,7 +17,7 @@ from fluxmon.config import FluxSettings
 from fluxmon.events import check_text, shown
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
-from fluxmon.sources.flux.checkpoint import Checkpoint
+from fluxmon.sources.flux.checkpoint import FINISHED_SAVED, Checkpoint, Fingerprint
 from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
@@ -84,6 +84,12 @@ class FluxSource:
     _positions_seq: int = field(default=0, init=False)
     _positions_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _durable_jobs: dict[int, tuple[int, int]] = field(default_factory=dict, init=False)
+    #: The writer thread's fingerprints of active and of finished jobs (the newest
+    #: ``FINISHED_SAVED``), as the positions applied so far give them.
+    _durable_active: dict[int, Fingerprint] = field(default_factory=dict, init=False)
+    _durable_finished: collections.OrderedDict[int, Fingerprint] = field(
+        default_factory=collections.OrderedDict, init=False
+    )
     #: With ``capture``: the newest position, the newest captured with the metrics, and
     #: whether a save is still in flight and when the next may be taken (monotonic).
     _last_seq: int = field(default=0, init=False)
@@ -103,6 +109,10 @@ class FluxSource:
             if self.checkpoint.jobs is not None and self.checkpoint.submits is not None:
                 self.memory.resume_jobs = self.checkpoint.jobs
                 self.memory.submit_since = self.checkpoint.submits
+                self.memory.resume_prints = {**self.checkpoint.finished, **self.checkpoint.active}
+                self.memory.resume_finished = frozenset(self.checkpoint.finished)
+                # Finished jobs stay remembered until newer ones push them out.
+                self._durable_finished.update(self.checkpoint.finished)
                 # Exec events delivered before stay delivered until the watch reads them.
                 for jobid, (_, execs) in self.checkpoint.jobs.items():
                     if execs:
@@ -155,7 +165,11 @@ class FluxSource:
 
     def _save_upto(self, checkpoint: Checkpoint, seq: int, metrics: object = None) -> None:
         """On the writer thread: apply positions up to ``seq`` and save the result."""
-        durable = self._durable_jobs
+        durable, active, finished = (
+            self._durable_jobs,
+            self._durable_active,
+            self._durable_finished,
+        )
         last: Position | None = None
         with self._positions_lock:
             while self._positions and self._positions[0][0] <= seq:
@@ -165,6 +179,16 @@ class FluxSource:
                         durable.pop(jobid, None)
                     else:
                         durable[jobid] = counts
+                for jobid, fingerprint in last.prints.items():
+                    if fingerprint is None:
+                        active.pop(jobid, None)
+                    else:
+                        active[jobid] = fingerprint
+                for jobid, fingerprint in last.finished:
+                    finished[jobid] = fingerprint
+                    finished.move_to_end(jobid)
+                while len(finished) > FINISHED_SAVED:
+                    finished.popitem(last=False)
         if last is not None:
             checkpoint.save(
                 last.since,
@@ -174,6 +198,7 @@ class FluxSource:
                 last.submits,
                 dict(durable),
                 metrics,
+                (dict(active), dict(finished)),
             )
         self._in_flight = False
 
