@@ -31,6 +31,7 @@ from typing import Any
 
 HOSTS = "node[0-3]"
 NODES = 4
+PROPERTIES = ("-p", "debug:0-1", "-p", "batch:2-3")
 
 
 def _config(workdir: Path) -> Path:
@@ -41,8 +42,7 @@ def _config(workdir: Path) -> Path:
     cert = workdir / "cert"
     subprocess.run(["flux", "keygen", "--name", "testcert", str(cert)], check=True)
     R = subprocess.run(
-        ["flux", "R", "encode", f"--hosts={HOSTS}", "-r0-3", "-c0-1"]
-        + ["-p", "debug:0-1", "-p", "batch:2-3"],
+        ["flux", "R", "encode", f"--hosts={HOSTS}", "-r0-3", "-c0-1", *PROPERTIES],
         check=True,
         capture_output=True,
         text=True,
@@ -156,9 +156,10 @@ class Journal(threading.Thread):
                 self.lock.wait(left)
 
 
-def _run(*argv: str, **kwargs: Any) -> str:
+def _run(*argv: str) -> str:
     print("+", " ".join(argv), file=sys.stderr)
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs).stdout
+    out: str = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return out
 
 
 def _rpc(topic: str, env: dict[str, str] | None = None) -> dict[str, Any]:
