@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -132,7 +132,7 @@ def parse_idset(value: object, what: str, limit: int = MAX_IDSET_IDS) -> frozens
     return frozenset(ids)
 
 
-def format_idset(ids: Sequence[int] | frozenset[int] | set[int]) -> str:
+def format_idset(ids: Iterable[int]) -> str:
     """The RFC 22 range form of ``ids`` (``"0-3,7"``)."""
     parts: list[str] = []
     ordered = sorted(ids)
