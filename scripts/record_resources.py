@@ -100,6 +100,11 @@ def outside(outdir: Path) -> int:
         "--inside",
         str(outdir),
     ]
+    code = subprocess.run(command, check=False).returncode
+    if code != 0:
+        return code
+    # The same instance again on its statedir: what a restarted broker's journal holds.
+    command[command.index("--inside")] = "--inside-restart"
     return subprocess.run(command, check=False).returncode
 
 
@@ -355,9 +360,26 @@ def _reconnect(path: Path) -> None:
                 return
 
 
+def inside_restart(outdir: Path) -> int:
+    """After a restart on the same statedir: the journal's history and the status."""
+    import flux
+
+    deadline = time.monotonic() + 120
+    while flux.Flux().rpc("resource.status").get()["online"] != f"0-{NODES - 1}":
+        if time.monotonic() > deadline:
+            raise TimeoutError("not every broker came back online")
+        time.sleep(0.2)
+    _reconnect(outdir / "journal-restart.jsonl")
+    status = {"status": _rpc("resource.status")["payload"]}
+    (outdir / "restart-status.json").write_text(json.dumps(status, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--inside":
         return inside(Path(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--inside-restart":
+        return inside_restart(Path(sys.argv[2]))
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2

@@ -207,7 +207,9 @@ def test_history_then_live_in_recorded_order() -> None:
     assert recorder.rejected == []
     delivered = recorder.resources
     history = [event for event, live in delivered if not live]
-    assert [e.name for e in history] == ["resource-define", "restart", "online", "online"]
+    connect = [e["name"] for e in entries if e["step"] == "connect"]
+    assert connect[:2] == ["restart", "resource-define"]  # as the broker posts them
+    assert [e.name for e in history] == ["resource-define", "restart", *connect[2:]]
     R = history[0].context["R"]
     assert R["execution"]["properties"] == {"batch": "2-3", "debug": "0-1"}
     assert history[0].context["method"] == "configuration"
@@ -246,7 +248,30 @@ def test_resumed_history_newer_than_since_is_live() -> None:
             assert not live
         else:
             assert live == (event.timestamp > drain_1), event
-    assert sum(live for _, live in recorder.resources) == len(entries) - 5  # connect 4, drain 1
+    connect = sum(e["step"] == "connect" for e in entries)
+    assert sum(live for _, live in recorder.resources) == len(entries) - connect - 1
+
+
+def test_broker_restart_counts_only_the_new_run() -> None:
+    """After a broker restart the old run's drains are history, the new run's entries live."""
+    _, entries = recorded_broker()
+    restart = load_resource_recording(RECORDING / "journal-restart.jsonl")
+    broker = FakeBroker(start=max(e["timestamp"] for e, _ in restart) + 1.0)
+    for e, R in restart:
+        broker.resource_event(e["timestamp"], e, R)
+    recorder, _, _ = run(broker, since=last_timestamp(entries), after=broker.now + 1.0)
+    names = [(e.name, live) for e, live in recorder.resources]
+    assert names[0] == ("resource-define", True)
+    old = [e for e, _ in restart if e["timestamp"] <= last_timestamp(entries)]
+    assert {e["name"] for e in old} == {"drain", "undrain"}
+    assert names[1 : 1 + len(old)] == [(e["name"], False) for e in old]
+    assert all(live for _, live in names[1 + len(old) :])
+    assert names[1 + len(old)] == ("restart", True)
+    status = json.loads((RECORDING / "restart-status.json").read_text())["status"]
+    state = State()
+    for event, _ in recorder.resources:
+        state.apply(event)
+    state.matches(status)
 
 
 def test_reconnect_delivers_each_entry_live_once() -> None:
