@@ -13,7 +13,7 @@ import io
 import itertools
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import pytest
@@ -106,6 +106,8 @@ class State:
         ctx = event.context
         ids = set(parse_idset(ctx.get("idset", ""), "idset"))
         match event.name:
+            case "resource-define":  # a new instance R: what was known is void
+                self.online, self.torpid, self.drained = set(), set(), {}
             case "restart":
                 self.online = set(parse_idset(ctx["online"], "online"))
             case "online":
@@ -398,6 +400,30 @@ def test_poll_reconnect_diffs_against_what_was_delivered() -> None:
     assert recorder.modes == ["poll", "poll"]
     fallbacks = [r for r in records if r["msg"] == "source.fallback" and r.get("mode") == "poll"]
     assert len(fallbacks) == 1  # logged once, not at each connection
+    poll_state(recorder).matches(broker.resources.status())
+
+
+def test_poll_after_journal_starts_from_the_journal_state() -> None:
+    """Poll, then journal (broker upgraded), then poll again: each switch redefines the state."""
+    broker, entries = recorded_broker()
+    broker.resources.journal_errno = errno.ENOSYS
+    steps = {e["step"]: e["timestamp"] for e in entries}
+
+    def journal(code: int | None) -> Callable[[], None]:
+        def switch() -> None:
+            broker.resources.journal_errno = code
+
+        return switch
+
+    broker.at(steps["drain-1"] + 0.1, journal(None))
+    broker.drop(steps["drain-1"] + 0.1, down_for=2.0)
+    broker.at(steps["stop-3"] + 0.1, journal(errno.ENOSYS))
+    broker.drop(steps["stop-3"] + 0.1, down_for=2.0)
+    interval = settings().flux.poll_interval
+    recorder, _, _ = run(broker, after=last_timestamp(entries) + 2 * interval)
+    assert recorder.modes == ["poll", "journal", "poll"]
+    defines = [live for e, live in recorder.resources if e.name == "resource-define"]
+    assert defines == [False, False, False]
     poll_state(recorder).matches(broker.resources.status())
 
 
