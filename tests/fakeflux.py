@@ -77,6 +77,15 @@ What each behaviour was checked against. Python files are flux-core 0.88's bindi
   ``since`` keeps active jobs and inactive ones with ``t_inactive > since``:
   ``job/list.py`` ``JobListRPC``/``JobListRPC.get_jobs``/``job_list`` (the ``since``
   semantics are job-list's, C, not checked here).
+- Resources (:class:`FakeResources`): ``resource.journal`` answers history as flux-core
+  0.88's ``reslog.c`` ``send_backlog`` does (``resource-define`` alone in its response
+  with ``"R"``, other entries in batches of up to 100, in posting order), then the
+  sentinel ``{"events": []}``, then one response per new entry (``resource-define`` with
+  ``"R"``); a guest gets EPERM "Request requires owner credentials" (recorded:
+  ``tests/data/resources/steps.json``); ``resource.status`` is ``status.c``
+  ``prepare_status_payload`` (drains grouped by rounded timestamp and reason,
+  ``drain.c`` ``draininfo_drain_rank`` for ``overwrite``); ``config.get`` answers the
+  config object. Checked against ``tests/data/resources``.
 - A lost connection: every outstanding future fails with ECONNRESET and
   ``reactor_run`` then raises ``OSError(ECONNRESET)``; ``connect`` raises
   ``OSError(ECONNREFUSED)`` while the broker is down. Modelled on libflux (C), not
@@ -584,6 +593,125 @@ class FakeHandle:
             self.running = False
 
 
+# -- resources ------------------------------------------------------------------------------
+
+
+def _idset(text: str) -> set[int]:
+    ids: set[int] = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        ids.update(range(int(first), int(last or first) + 1))
+    return ids
+
+
+def _idset_text(ids: Iterable[int]) -> str:
+    spans: list[list[int]] = []
+    for rank in sorted(ids):
+        if spans and spans[-1][1] == rank - 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+class FakeResources:
+    """The resource module's eventlog and the status it implies."""
+
+    def __init__(self) -> None:
+        self.log: list[Entry] = []  # posting order
+        self.R: dict[str, Any] | None = None
+        self.online: set[int] = set()
+        self.torpid: set[int] = set()
+        self.drained: dict[int, tuple[float, str | None]] = {}
+        #: ``resource.journal`` answers this errno (e.g. ENOSYS: an older broker).
+        self.journal_errno: int | None = None
+        #: ``resource.status`` answers this errno.
+        self.status_errno: int | None = None
+
+    def apply(self, e: Entry, R: dict[str, Any] | None = None) -> None:
+        """Post one entry: the status follows as flux-core's does."""
+        self.log.append(e)
+        name, ctx = e["name"], e.get("context", {})
+        if name == "resource-define":
+            self.R = R
+        elif name == "restart":
+            self.online = _idset(ctx["online"])
+        elif name == "online":
+            self.online |= _idset(ctx["idset"])
+        elif name == "offline":
+            self.online -= _idset(ctx["idset"])
+        elif name == "torpid":
+            self.torpid |= _idset(ctx["idset"])
+        elif name == "lively":
+            self.torpid -= _idset(ctx["idset"])
+        elif name == "drain":
+            overwrite = ctx.get("overwrite", 0)
+            for rank in _idset(ctx["idset"]):
+                old = self.drained.get(rank)
+                if old is not None and old[1] is not None and not overwrite:
+                    continue
+                timestamp = e["timestamp"] if old is None or overwrite == 2 else old[0]
+                self.drained[rank] = (timestamp, ctx.get("reason"))
+        elif name == "undrain":
+            for rank in _idset(ctx["idset"]):
+                self.drained.pop(rank, None)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The journal's first responses, up to and with the sentinel."""
+        out: list[dict[str, Any]] = []
+        batch: list[Entry] = []
+        for e in self.log:
+            if e["name"] == "resource-define":
+                if batch:
+                    out.append({"events": batch})
+                    batch = []
+                out.append({"events": [e], "R": self.R})
+                continue
+            batch.append(e)
+            if len(batch) >= 100:
+                out.append({"events": batch})
+                batch = []
+        if batch:
+            out.append({"events": batch})
+        out.append({"events": []})
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """The ``resource.status`` payload."""
+        ranks: set[int] = set()
+        for item in (self.R or {}).get("execution", {}).get("R_lite", []):
+            ranks |= _idset(item["rank"])
+        groups: dict[tuple[float, str | None], list[int]] = {}
+        for rank, (timestamp, reason) in self.drained.items():
+            groups.setdefault((float(round(timestamp)), reason), []).append(rank)
+        drain: dict[str, Any] = {}
+        for (timestamp, reason), members in groups.items():
+            info: dict[str, Any] = {"timestamp": timestamp}
+            if reason is not None:
+                info["reason"] = reason
+            drain[_idset_text(members)] = info
+        return {
+            "R": self.R,
+            "drain": drain,
+            "online": _idset_text(self.online),
+            "offline": _idset_text(ranks - self.online),
+            "exclude": "",
+            "torpid": _idset_text(self.torpid),
+        }
+
+
+def load_resource_recording(
+    path: Path = DATA / "resources" / "journal.jsonl",
+) -> list[tuple[Entry, dict[str, Any] | None]]:
+    """The entries of a recorded resource journal, in order, each with its response's R."""
+    out: list[tuple[Entry, dict[str, Any] | None]] = []
+    for line in path.read_text().splitlines():
+        payload = json.loads(line).get("payload", {})
+        for e in payload.get("events", []):
+            out.append((e, payload.get("R")))
+    return out
+
+
 # -- the broker ------------------------------------------------------------------------------
 
 
@@ -598,6 +726,11 @@ class FakeBroker:
         #: What ``job-manager.queue-list`` answers (an OSError is raised instead).
         self.queue_list: dict[str, Any] | OSError = {"queues": []}
         self.journal_service = True
+        self.resources = FakeResources()
+        #: What ``config.get`` answers (an OSError is raised instead).
+        self.config: dict[str, Any] | OSError = {}
+        self.resource_journals_opened: list[float] = []
+        self.status_polls: list[float] = []
         self.jobs: dict[int, FakeJob] = {}
         self.agenda: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -730,6 +863,39 @@ class FakeBroker:
                 fut.push(json.dumps(payload))
 
         self.at(when, send)
+
+    def resource_event(self, when: float, e: Entry, R: dict[str, Any] | None = None) -> None:
+        """At ``when``, post a resource entry (``R`` with ``resource-define``)."""
+
+        def post() -> None:
+            self.resources.apply(e, R)
+            resp: dict[str, Any] = {"events": [e]}
+            if e["name"] == "resource-define":
+                resp["R"] = R
+            for fut in self._resource_journals():
+                fut.push(resp)
+
+        self.at(when, post)
+        while self.agenda and self.agenda[0][0] <= self.now:
+            self.step()
+
+    def inject_resource(self, when: float, text: str) -> None:
+        """At ``when``, send ``text`` as it is to every live resource journal."""
+
+        def send() -> None:
+            for fut in self._resource_journals():
+                fut.push(text)
+
+        self.at(when, send)
+
+    def _resource_journals(self) -> list[FakeRPC]:
+        return [
+            fut
+            for handle in self.handles
+            for fut in handle.alive_futures()
+            if isinstance(fut, FakeRPC) and fut.kind == "resource-journal" and fut.live
+            and not fut.finished
+        ]  # fmt: skip
 
     def inject_raw(self, when: float, text: str) -> None:
         """At ``when``, send ``text`` as it is (any JSON, or not JSON) to every journal."""
@@ -901,6 +1067,35 @@ class FakeBroker:
         if job.exec_done:
             fut.push(OSError(errno.ENODATA, "No data available"))
 
+    def resource_journal(self, handle: FakeHandle) -> FakeRPC:
+        """``resource.journal``: history, sentinel, then live entries (owner only)."""
+        handle.check()
+        fut = FakeRPC(handle, "resource-journal")
+        self.resource_journals_opened.append(self.now)
+        code = self.resources.journal_errno
+        if code is not None:
+            fut.push(OSError(code, os.strerror(code)))
+            return fut
+        if not handle.owner:
+            fut.push(OSError(errno.EPERM, "Request requires owner credentials"))
+            return fut
+        for resp in self.resources.history():
+            fut.push(resp)
+        fut.live = True
+        return fut
+
+    def resource_status(self, handle: FakeHandle) -> FakeRPC:
+        """``resource.status`` (any user): one response."""
+        handle.check()
+        fut = FakeRPC(handle, "resource-status")
+        self.status_polls.append(self.now)
+        code = self.resources.status_errno
+        if code is not None:
+            fut.push(OSError(code, os.strerror(code)))
+        else:
+            fut.push(self.resources.status())
+        return fut
+
     def job_list(self, handle: FakeHandle, since: float) -> FakeRPC:
         """``job-list.list`` for all users: active jobs and those inactive after ``since``."""
         handle.check()
@@ -967,6 +1162,24 @@ class FakeBindings:
         fut = self.broker.journal(handle)
         fut.c_reset = True
         return fut
+
+    def resource_journal(self, handle: FakeHandle) -> FakeRPC:
+        """The ``resource.journal`` stream (re-armed as ``FluxBindings`` does)."""
+        fut = self.broker.resource_journal(handle)
+        fut.c_reset = True
+        return fut
+
+    def resource_status(self, handle: FakeHandle) -> FakeRPC:
+        """One ``resource.status`` answer."""
+        return self.broker.resource_status(handle)
+
+    def config(self, handle: FakeHandle) -> Any:
+        """The instance's config object."""
+        handle.check()
+        answer = self.broker.config
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
 
     def watch(
         self, handle: FakeHandle, jobid: int, eventlog: str, *, waitcreate: bool

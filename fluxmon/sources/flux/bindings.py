@@ -20,6 +20,12 @@ from fluxmon.sources import SourceUnavailable
 JOURNAL_TOPIC: Final = "job-manager.events-journal"
 #: The job-manager's list of configured queues (flux-core src/modules/job-manager/queue.c).
 QUEUE_LIST_TOPIC: Final = "job-manager.queue-list"
+#: The resource eventlog stream (owner only), the status ``flux resource status`` shows
+#: (any user) and the instance's config object (any user): flux-core
+#: src/modules/resource/{reslog,status}.c, src/modules/config/config.c.
+RESOURCE_JOURNAL_TOPIC: Final = "resource.journal"
+RESOURCE_STATUS_TOPIC: Final = "resource.status"
+CONFIG_TOPIC: Final = "config.get"
 
 
 class FluxUnavailable(SourceUnavailable):
@@ -92,6 +98,15 @@ class Bindings(Protocol):
 
     def queues(self, handle: Any) -> Any:
         """The job-manager's ``job-manager.queue-list`` answer: the configured queues."""
+
+    def resource_journal(self, handle: Any) -> RPCFuture:
+        """Start the ``resource.journal`` stream (history, sentinel, live)."""
+
+    def resource_status(self, handle: Any) -> RPCFuture:
+        """Ask for the ``resource.status`` payload (one response)."""
+
+    def config(self, handle: Any) -> Any:
+        """The instance's config object (``config.get``, what ``flux config get`` shows)."""
 
     def watch(self, handle: Any, jobid: int, eventlog: str, *, waitcreate: bool) -> WatchFuture:
         """Watch one job's eventlog from its start; ``waitcreate``: wait for it to be created.
@@ -251,6 +266,27 @@ class FluxBindings:
             return _FastWatch(future, *self._c)
         watch: WatchFuture = future
         return watch
+
+    def resource_journal(self, handle: Any) -> RPCFuture:
+        """The raw streaming RPC (an empty payload: flux-core's consumer sends none)."""
+        flags = self._flux.constants.FLUX_RPC_STREAMING
+        future = handle.rpc(RESOURCE_JOURNAL_TOPIC, {}, 0, flags)
+        if self._c is not None:
+            return _FastRPC(future, *self._c)
+        rpc: RPCFuture = future
+        return rpc
+
+    def resource_status(self, handle: Any) -> RPCFuture:
+        """``resource.status``, answered by rank 0 (one response)."""
+        future = handle.rpc(RESOURCE_STATUS_TOPIC, None, 0)
+        if self._c is not None:
+            return _FastRPC(future, *self._c)
+        rpc: RPCFuture = future
+        return rpc
+
+    def config(self, handle: Any) -> Any:
+        """The config object, from the nearest broker."""
+        return handle.rpc(CONFIG_TOPIC).get()
 
     def queues(self, handle: Any) -> Any:
         """``{"queues": [name, ...]}``, the named queues of the instance's config (any user)."""

@@ -21,6 +21,7 @@ from fluxmon.sources.flux.checkpoint import FINISHED_SAVED, Checkpoint, Fingerpr
 from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
+from fluxmon.sources.flux.resources import ResourceDownstream, ResourceMemory, ResourceStream
 from fluxmon.sources.flux.watch import WatchMode
 
 #: The system instance's URI, used when neither the config nor FLUX_URI name one.
@@ -76,6 +77,8 @@ class FluxSource:
     #: With ``capture``: seconds between saves (one in flight at a time).
     save_interval: float = SAVE_INTERVAL
     memory: Memory = field(default_factory=Memory, init=False)
+    #: The resource stream's memory; ``resource_memory.since`` is its checkpoint position.
+    resource_memory: ResourceMemory = field(default_factory=ResourceMemory, init=False)
     #: Positions handed to the writer and not yet saved, in order, and the counts the
     #: writer thread has applied (see :meth:`save_position`).
     _positions: collections.deque[tuple[int, Position]] = field(
@@ -230,7 +233,7 @@ class FluxSource:
             connection = self._connection(handle, downstream)
             self._next_start = Start.RECONNECTED
             try:
-                reason = _Session(connection, stop).run()
+                reason = _Session(connection, stop, self.resource_memory).run()
             finally:
                 self.bindings.close(handle)
             caught_up = connection.caught_up
@@ -305,9 +308,18 @@ class FluxSource:
 class _Session:
     """One connection's reactor: a housekeeping timer and the mode, until lost or stopped."""
 
-    def __init__(self, connection: Connection, stop: threading.Event) -> None:
+    def __init__(
+        self, connection: Connection, stop: threading.Event, resources: ResourceMemory
+    ) -> None:
         self._connection = connection
         self._stop = stop
+        #: Resources are followed when downstream takes them (a ``ResourceDownstream``).
+        downstream = connection.downstream
+        self._resources = (
+            ResourceStream(connection, downstream, resources)
+            if isinstance(downstream, ResourceDownstream)
+            else None
+        )
         self._delivery = EventDelivery(connection)
         self._mode: Mode
         if connection.settings.mode == "watch":
@@ -326,6 +338,8 @@ class _Session:
         try:
             try:
                 self._mode.start()
+                if self._resources is not None:
+                    self._resources.start()
             except OSError as err:  # e.g. EPIPE: connected to a broker that is shutting down
                 connection.lose(f"request failed: {describe(err)}")
             # A stop before the reactor runs is lost (libev cancels it): do not run then.
@@ -354,5 +368,7 @@ class _Session:
         now = connection.monotonic()
         self._delivery.release_overdue(now)
         self._mode.tick(now)
+        if self._resources is not None:
+            self._resources.tick(now)
         if connection.save_due is not None:
             connection.save_due()
