@@ -69,7 +69,9 @@ class JobsOnly:
     def forget(self, jobids: Iterable[int], reason: str) -> None:
         """Not looked at here."""
 
-    def rewind(self, jobid: int, *, events_dropped: int, events_new: int) -> None:
+    def rewind(
+        self, jobid: int, *, events_dropped: int, events_new: int, finished: bool = False
+    ) -> None:
         """Not looked at here."""
 
     def heartbeat(self, quiet_for: float = 0.0) -> None:
