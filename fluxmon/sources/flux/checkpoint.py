@@ -118,6 +118,21 @@ def parse_fingerprints(
     return _fingerprints(data, "active", MAX_HELD), _fingerprints(data, "finished", FINISHED_SAVED)
 
 
+def parse_resource_since(data: dict[str, Any], now: float) -> float:
+    """``resources_since`` of a checkpoint :func:`parse` accepted (absent: 0).
+
+    The newest resource event delivered; with 0 every resource event is history.
+    """
+    value = data.get("resources_since", 0.0)
+    if type(value) is not float or not math.isfinite(value) or value < 0:
+        raise InvalidCheckpoint(f"resources_since is {json.dumps(value)}, not a timestamp >= 0")
+    if value > now + MAX_SKEW:
+        raise InvalidCheckpoint(
+            f"resources_since is {value - now:.0f} s in the future (more than {MAX_SKEW:g} s)"
+        )
+    return value
+
+
 def parse_jobs(data: dict[str, Any]) -> tuple[float | None, JobCounts | None]:
     """``submits`` and ``jobs`` of a checkpoint that :func:`parse` accepted (absent: None).
 
@@ -169,6 +184,8 @@ class Checkpoint:
         #: The ``active`` and ``finished`` fingerprints :meth:`load` read.
         self.active: dict[int, Fingerprint] = {}
         self.finished: dict[int, Fingerprint] = {}
+        #: The newest resource event delivered (0: none, or a file without it).
+        self.resource_since = 0.0
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -191,12 +208,14 @@ class Checkpoint:
             held = parse_held(data)
             submits, jobs = parse_jobs(data)
             active, finished = parse_fingerprints(data)
+            resource_since = parse_resource_since(data, now)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
             return 0.0, 0.0
         self.held, self.submits, self.jobs = held, submits, jobs
         self.metrics = data.get("metrics")
         self.active, self.finished = active, finished
+        self.resource_since = resource_since
         return since, exec_since
 
     def save(
@@ -209,6 +228,7 @@ class Checkpoint:
         jobs: JobCounts | None = None,
         metrics: object = None,
         fingerprints: tuple[Mapping[int, Fingerprint], Mapping[int, Fingerprint]] | None = None,
+        resource_since: float = 0.0,
     ) -> None:
         """Write durably, only when it changed: a temporary file, fsync, rename, fsync.
 
@@ -217,7 +237,15 @@ class Checkpoint:
         """
         with self._lock:
             self._save(
-                since, exec_since, log, frozenset(held), submits, jobs, metrics, fingerprints
+                since,
+                exec_since,
+                log,
+                frozenset(held),
+                submits,
+                jobs,
+                metrics,
+                fingerprints,
+                resource_since,
             )
 
     def _save(
@@ -230,8 +258,9 @@ class Checkpoint:
         jobs: JobCounts | None = None,
         metrics: object = None,
         fingerprints: tuple[Mapping[int, Fingerprint], Mapping[int, Fingerprint]] | None = None,
+        resource_since: float = 0.0,
     ) -> None:
-        state = (since, exec_since, held, submits, jobs, metrics, fingerprints)
+        state = (since, exec_since, held, submits, jobs, metrics, fingerprints, resource_since)
         if since <= 0 or self._written == state:
             return
         tmp = self.path.with_suffix(".tmp")
@@ -249,6 +278,8 @@ class Checkpoint:
             active, finished = fingerprints
             data["active"] = [[jobid, n, last] for jobid, (n, last) in sorted(active.items())]
             data["finished"] = [[jobid, n, last] for jobid, (n, last) in finished.items()]
+        if resource_since > 0:
+            data["resources_since"] = float(resource_since)
         if metrics is not None:
             data["metrics"] = metrics
         try:

@@ -119,6 +119,8 @@ class Position:
     #: finished (its whole main eventlog), in the order they finished.
     prints: dict[int, tuple[int, float] | None] = field(default_factory=dict)
     finished: tuple[tuple[int, tuple[int, float]], ...] = ()
+    #: The newest resource event delivered (the resource stream's position).
+    resource_since: float = 0.0
 
 
 @dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -353,6 +353,8 @@ class ResourceStream:
         self._future: RPCFuture | None = None
         self._next_poll = 0.0  # monotonic
         self._poll_errors: set[int] = set()
+        #: Called after each delivery (the source saves the position reached with it).
+        self.on_delivered: Callable[[], None] | None = None
 
     # -- start --------------------------------------------------------------------------
 
@@ -440,6 +442,8 @@ class ResourceStream:
     def _deliver(self, batch: Sequence[ResourceEvent], *, live: bool) -> None:
         self._downstream.resource_events(batch, live=live)
         self._memory.since = max(self._memory.since, *(event.timestamp for event in batch))
+        if self.on_delivered is not None:
+            self.on_delivered()
 
     def _on_error(self, err: OSError) -> None:
         connection = self._connection

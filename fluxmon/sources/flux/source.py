@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import random
 import threading
 import time
@@ -121,6 +122,7 @@ class FluxSource:
                     if execs:
                         self.memory.exec_count[jobid] = execs
                         self.memory.changed.add(jobid)
+            self.resource_memory.since = self.checkpoint.resource_since
             self._next_start = Start.RESUMED
             self.log.info("checkpoint.loaded", path=str(self.checkpoint.path), since=since)
 
@@ -135,6 +137,8 @@ class FluxSource:
         checkpoint = self.checkpoint
         if checkpoint is None:
             return
+        if self.resource_memory.since != position.resource_since:
+            position = dataclasses.replace(position, resource_since=self.resource_memory.since)
         with self._positions_lock:
             self._positions_seq += 1
             seq = self._positions_seq
@@ -202,6 +206,7 @@ class FluxSource:
                 dict(durable),
                 metrics,
                 (dict(active), dict(finished)),
+                last.resource_since,
             )
         self._in_flight = False
 
@@ -321,6 +326,8 @@ class _Session:
             else None
         )
         self._delivery = EventDelivery(connection)
+        if self._resources is not None:
+            self._resources.on_delivered = self._delivery.mark
         self._mode: Mode
         if connection.settings.mode == "watch":
             self._mode = WatchMode(
