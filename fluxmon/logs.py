@@ -627,7 +627,6 @@ class LogSink(NullSink):
         self._log.warning("event.rejected", **fields)
 
 
-
 class ResourceLogSink:
     """Writes the ``node.*`` records (a :class:`~fluxmon.resources.ResourceSink`).
 
