@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -14,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.exposition import generate_latest as om
 
-from fluxmon.app import Parts, build
+from fluxmon import cli
+from fluxmon.app import Parts, RecordDownstream, build
+from fluxmon.config import LogFormat
 from fluxmon.events import MAIN, JobEvent, ResourceEvent
 from fluxmon.hostlist import (
     decode_hostlist,
@@ -565,3 +568,38 @@ def test_allocated_never_negative_and_zero_when_idle(
         assert slots.cores["allocated"] == 0
         assert slots.gpus["allocated"] == 0
     assert all(n.alloc_cores == 0 and n.jobs == 0 for n in t.nodes.values())
+
+
+def test_record_writes_resource_lines_that_replay() -> None:
+    """``fluxmon record``'s downstream writes resource lines that parse back to the events."""
+    out = io.StringIO()
+    parts, _ = fresh()
+    downstream = RecordDownstream(out, parts.log, threading.Event(), None)
+    events = [*define(2), ResourceEvent("drain", 20.0, {"idset": "1", "reason": "x"})]
+    downstream.resource_events(events, live=False)
+    downstream.resource_mode("poll")
+    downstream.declare_queue_nodes({"batch": []})
+    assert [parse_entry(line) for line in out.getvalue().splitlines()] == events
+    assert downstream.events_written == 3
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_logs_node_cli_on_a_log_file(
+    fmt: LogFormat, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """``fluxmon logs --node host17 FILE`` prints the job on host[15-18] in either format."""
+    stream = io.StringIO()
+    base = json_settings()
+    parts = build(
+        dataclasses.replace(base, log=dataclasses.replace(base.log, format=fmt)), stream, clock=None
+    )
+    parts.pipeline.resource_events(define(20))
+    parts.pipeline.events(job_life(5, 20.0, job_R("15-18")) + job_life(6, 20.0, job_R("1-2")))
+    path = tmp_path / "fluxmon.log"
+    path.write_text(stream.getvalue())
+    status = cli.main(["logs", "--node", "host17", "--msg", "job.finished", str(path)])
+    lines = capsysbinary.readouterr().out.splitlines()
+    assert status == 0
+    assert len(lines) == 1
+    assert b"host[15-18]" in lines[0]
+    assert cli.main(["logs", "--node", "host19", str(path)]) == 1
