@@ -597,9 +597,13 @@ class ResourceTracker(NullSink):
         return {node.host for node in self.nodes.values()}
 
     def snapshot(self) -> ResourceSnapshot:
-        """Node counts by state and each queue's cores and GPUs by state, O(nodes)."""
+        """Node counts by state and each queue's cores and GPUs by state, O(nodes).
+
+        Queues appear once the instance's nodes are known (none before).
+        """
         nodes = dict.fromkeys(NODE_STATES, 0)
-        queues = {q: QueueSlots() for q in self.queue_ranks}
+        # No queue has cores before the instance's nodes are known: no series yet.
+        queues = {q: QueueSlots() for q in self.queue_ranks} if self.nodes else {}
         oldest: float | None = None
         for member, group in self._groups.items():
             ca = cf = cu = ga = gf = gu = 0
