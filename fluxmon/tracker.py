@@ -752,7 +752,10 @@ class Tracker:
                     return self._reject("malformed", f"R: {type(err).__name__}: {err}", event)
                 if nodes is not None:
                     job.nnodes = nodes
-                slots = _R_slots(event.R)
+                try:
+                    slots = _R_slots(event.R)
+                except BAD_INPUT:  # children counts it cannot read: unknown, not refused
+                    slots = None
                 if slots is not None:
                     job.ncores, job.ngpus, job.nodelist = slots
             if not self._advance(job, advance, event, live):

@@ -603,3 +603,12 @@ def test_logs_node_cli_on_a_log_file(
     assert len(lines) == 1
     assert b"host[15-18]" in lines[0]
     assert cli.main(["logs", "--node", "host19", str(path)]) == 1
+
+
+def test_job_R_with_unreadable_children_leaves_counts_unknown() -> None:
+    """An R whose core idset cannot be read gives no ncores, and the job still runs."""
+    parts, stream = fresh()
+    bad = {"execution": {"R_lite": [{"rank": "0", "children": {"core": "0-" + "9" * 5000}}]}}
+    parts.pipeline.events(job_life(3, 20.0, bad))
+    rec = records(stream, "job.finished")[0]
+    assert (rec["ncores"], rec["result"]) == (None, "completed")
