@@ -235,7 +235,11 @@ class Sink(Protocol):
     """
 
     def job_event(self, job: Job, event: JobEvent) -> None:
-        """An event was accepted and applied; ``job.state`` is the state after it."""
+        """An event was accepted and applied; ``job.state`` is the state after it.
+
+        Live events only, unless the sink has ``sees_history = True`` (it keeps state
+        rebuilt from history, such as :class:`~fluxmon.resources.ResourceTracker`).
+        """
 
     def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
         """``job`` left ``state`` after ``seconds`` in it (one call per visit)."""
