@@ -181,6 +181,8 @@ class Pipeline:
         if self._ever_connected:
             self._self.reconnects.inc()
         self._ever_connected = True
+        with self._lock:
+            self.resources.connected()
         self._connected = True
         self._self.connected.set(1)
         with self._records():

@@ -283,8 +283,11 @@ class ResourceTracker(NullSink):
         self.properties: dict[str, frozenset[int]] = {}
         #: Job allocations: jobid -> (queue, {rank: (cores, gpus)}) as added to nodes.
         self.allocs: dict[int, tuple[str, dict[int, tuple[int, int]]]] = {}
-        #: History events newer than this are reported (counted, logged) on a reconnect.
+        #: Timestamp of the newest event applied (history or live); a checkpoint may keep
+        #: it and set it back before the first connect.
         self.counted_until: float | None = None
+        #: :attr:`counted_until` at the last connect: history newer than it is reported.
+        self.baseline: float | None = None
         self.rejected: dict[str, int] = {}
         self.sink_errors = 0
         self.on_sink_error: Callable[[str, Exception], None] = lambda kind, error: None
@@ -295,7 +298,8 @@ class ResourceTracker(NullSink):
         """Apply one resource event; return True if it was accepted.
 
         With ``live=False`` (history replayed on connect) the state is rebuilt and only
-        events newer than :attr:`counted_until` (those a reconnect missed) are reported.
+        events newer than :attr:`baseline` (what the source's history holds that was not
+        applied before the (re)connect, see :meth:`connected`) are reported.
         """
         try:
             name = event.name
@@ -312,9 +316,10 @@ class ResourceTracker(NullSink):
             return self._reject("malformed", f"resource event: {type(err).__name__}: {err}")
         if not ok:
             return self._reject("malformed", "resource event fields have the wrong types")
+        baseline = self.baseline
+        report = live or (baseline is not None and ts > baseline)
         counted = self.counted_until
-        report = live or (counted is not None and ts > counted)
-        if report and (counted is None or ts > counted):
+        if counted is None or ts > counted:
             self.counted_until = float(ts)
         try:
             handler = _HANDLERS.get(name)
@@ -334,6 +339,13 @@ class ResourceTracker(NullSink):
                     self.sink_errors += 1
                     self.on_sink_error(getattr(sink, "kind", type(sink).__name__), error)
         return True
+
+    def connected(self) -> None:
+        """The source (re)connected: its history up to what was applied is not reported again.
+
+        At the first connect (nothing applied, no checkpoint) no history is reported.
+        """
+        self.baseline = self.counted_until
 
     def _reject(self, reason: str, detail: str) -> bool:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -297,21 +297,29 @@ def test_history_alloc_counts_after_a_reconnect() -> None:
 
 
 def test_reconnect_counts_only_what_it_missed() -> None:
-    """History up to the newest event counted is not counted again; newer history is."""
+    """The first connect's history is not counted; a reconnect counts only newer history."""
     parts, stream = fresh()
     history = [
         *define(2),
         ResourceEvent("drain", 20.0, {"idset": "0", "reason": "x", "overwrite": 0}),
     ]
-    parts.pipeline.resource_events(history[:2], live=False)
-    parts.pipeline.resource_events(history[2:], live=True)
+    parts.pipeline.connected("first")
+    parts.pipeline.resource_events(history, live=False)
+    assert value(parts, "flux_node_drains_total", reason="x") is None
+    assert value(parts, "flux_resource_nodes", state="drained") == 1
+    live = ResourceEvent("drain", 25.0, {"idset": "1", "reason": "x", "overwrite": 0})
+    parts.pipeline.resource_events([live], live=True)
     assert value(parts, "flux_node_drains_total", reason="x") == 1
+    parts.pipeline.disconnected("gone")
     missed = ResourceEvent("undrain", 30.0, {"idset": "0", "overwrite": 0})
-    parts.pipeline.resource_events([*history, missed], live=False)  # a reconnect's history
+    parts.pipeline.connected("again")
+    parts.pipeline.resource_events([*history, live, missed], live=False)
     assert value(parts, "flux_node_drains_total", reason="x") == 1
     assert value(parts, "flux_resource_events_total", name="undrain") == 1
-    assert value(parts, "flux_node_drain_duration_seconds_count") == 1
+    assert value(parts, "flux_resource_events_total", name="drain") == 1
+    assert value(parts, "flux_node_drain_duration_seconds_sum") == 10.0
     assert len(records(stream, "node.undrain")) == 1
+    assert value(parts, "flux_resource_nodes", state="drained") == 1
 
 
 # --- metrics and records through the daemon's pipeline ---------------------------------------
