@@ -14,7 +14,9 @@ Event names and contexts, as flux-core 0.88 posts them (src/modules/resource/):
   ``nodelist`` hostlist; posted when the resource module starts, before
   ``resource-define`` on a dynamically discovered instance.
 * ``resource-define`` (inventory.c): context ``method``; the journal response carries
-  the instance R beside it, which the source puts in ``context["R"]``.
+  the instance R beside it, which the source puts in ``context["R"]``. Ranks excluded
+  by the instance's config (``resource.exclude``) are in R but in no eventlog entry: a
+  source that knows them adds ``context["exclude"]`` (an idset) and they are dropped.
 * ``online``, ``offline``, ``torpid``, ``lively`` (monitor.c): ``idset``.
 * ``drain`` (drain.c): ``idset``, ``nodelist``, ``reason`` (absent when none),
   ``overwrite`` (0, 1 or 2; absent in events of older brokers, replayed as 1). Per rank:
@@ -274,6 +276,9 @@ class ResourceTracker(NullSink):
         #: True once ``resource-define`` gave the instance's R.
         self.defined = False
         self.expiration: float | None = None
+        #: Ranks that are no node of the instance (``resource-define`` context ``exclude``,
+        #: or named by ``restart`` but not by R): their events are ignored.
+        self.excluded: frozenset[int] = frozenset()
         self.mode: str | None = None
         #: Each configured queue's required properties (None: one ``default`` queue).
         self.requires: dict[str, tuple[str, ...]] | None = None
@@ -359,8 +364,13 @@ class ResourceTracker(NullSink):
             return None
         ids = _idset(event.context)
         nodes = [self.nodes[i] for i in ids if i in self.nodes]
-        if len(nodes) < len(ids):
-            missing = [i for i in ids if i not in self.nodes]
+        excluded = self.excluded
+        missing = (
+            [i for i in ids if i not in self.nodes and i not in excluded]
+            if len(nodes) < len(ids)
+            else []
+        )
+        if missing:
             self._reject(
                 "unknown_rank",
                 f"{event.name} names {len(missing)} rank(s) the instance lacks "
@@ -391,10 +401,18 @@ class ResourceTracker(NullSink):
 
     def _define(self, event: ResourceEvent) -> _Changes:
         ranks, hosts, properties = parse_R(event.context.get("R"))
+        exclude = event.context.get("exclude")
+        excluded = set(decode_idset(exclude, MAX_RANKS)) if isinstance(exclude, str) else set()
         ordered = sorted(ranks)
-        for rank in [r for r in self.nodes if r not in ranks]:
+        # Ranks a restart named that R lacks, and those the source says are excluded,
+        # are no node of the instance: their events are ignored, not refused.
+        excluded |= {r for r in self.nodes if r not in ranks}
+        for rank in [r for r in self.nodes if r not in ranks or r in excluded]:
             del self.nodes[rank]
+        self.excluded = frozenset(excluded)
         for i, rank in enumerate(ordered):
+            if rank in excluded:
+                continue
             node = self.nodes.get(rank)
             host = hosts[i] if i < len(hosts) else None
             if node is None:

@@ -620,3 +620,21 @@ def test_job_R_with_unreadable_children_leaves_counts_unknown() -> None:
     parts.pipeline.events(job_life(3, 20.0, bad))
     rec = records(stream, "job.finished")[0]
     assert (rec["ncores"], rec["result"]) == (None, "completed")
+
+
+def test_excluded_ranks_are_no_nodes_and_their_events_are_ignored() -> None:
+    """Ranks excluded at define (context exclude, or not in R) are not counted nor refused."""
+    parts, _ = fresh()
+    restart = ResourceEvent("restart", 1.0, {"ranks": "0-4", "online": "", "nodelist": "h[0-4]"})
+    R = instance_R(4, prefix="h")  # rank 4 is not in R
+    parts.pipeline.resource_events(
+        [
+            restart,
+            ResourceEvent("resource-define", 2.0, {"R": R, "exclude": "0"}),
+            ResourceEvent("online", 3.0, {"idset": "0-4"}),
+        ]
+    )
+    assert value(parts, "flux_resource_nodes", state="up") == 3
+    assert sum(value(parts, "flux_resource_nodes", state=s) or 0 for s in NODE_STATES) == 3
+    assert rejected(parts, "unknown_rank") == 0
+    assert value(parts, "flux_resource_cores", queue="default", state="free") == 12
