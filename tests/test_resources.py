@@ -638,3 +638,29 @@ def test_excluded_ranks_are_no_nodes_and_their_events_are_ignored() -> None:
     assert sum(value(parts, "flux_resource_nodes", state=s) or 0 for s in NODE_STATES) == 3
     assert rejected(parts, "unknown_rank") == 0
     assert value(parts, "flux_resource_cores", queue="default", state="free") == 12
+
+
+def test_torpid_lively_reason_update_and_resource_update() -> None:
+    """torpid/lively move nodes and write records; a reason change is a drain update."""
+    parts, stream = fresh()
+    p = parts.pipeline
+    p.resource_events(define(3))
+    p.resource_events(
+        [
+            ResourceEvent("torpid", 20.0, {"idset": "1-2"}),
+            ResourceEvent("lively", 21.0, {"idset": "2"}),
+            ResourceEvent("drain", 22.0, {"idset": "0", "reason": "a", "overwrite": 0}),
+            ResourceEvent("drain", 23.0, {"idset": "0", "reason": "b", "overwrite": 1}),
+            ResourceEvent("resource-update", 24.0, {"expiration": 99.5}),
+        ]
+    )
+    assert value(parts, "flux_resource_nodes", state="torpid") == 1
+    assert value(parts, "flux_resource_nodes", state="up") == 1
+    assert [r["nodelist"] for r in records(stream, "node.torpid")] == ["host[1-2]"]
+    assert [r["nodelist"] for r in records(stream, "node.lively")] == ["host2"]
+    drains = records(stream, "node.drain")
+    assert [(r["reason"], r["update"]) for r in drains] == [("a", False), ("b", True)]
+    assert value(parts, "flux_node_drains_total", reason="a") == 1
+    assert value(parts, "flux_node_drains_total", reason="b") is None
+    assert parts.pipeline.resources.expiration == 99.5
+    assert value(parts, "flux_resource_events_total", name="resource-update") == 1
