@@ -25,7 +25,7 @@ from structlog.typing import FilteringBoundLogger
 
 from fluxmon import __version__
 from fluxmon.config import Settings
-from fluxmon.events import MAIN, JobEvent, f58
+from fluxmon.events import MAIN, JobEvent, ResourceEvent, f58
 from fluxmon.exitcodes import (
     EX_DATAERR,
     EX_IOERR,
@@ -36,7 +36,7 @@ from fluxmon.exitcodes import (
     EX_UNAVAILABLE,
 )
 from fluxmon.http import MetricsServer, format_address
-from fluxmon.logs import DROP_REASONS, LineWriter, LogOptions, LogSink, make_logger
+from fluxmon.logs import DROP_REASONS, LineWriter, LogOptions, LogSink, ResourceLogSink, make_logger
 from fluxmon.metrics import (
     Buckets,
     JobMetrics,
@@ -50,9 +50,17 @@ from fluxmon.persist import MetricsState
 from fluxmon.pipeline import Pipeline
 from fluxmon.progress import BarStream, ReplayProgress, total_size
 from fluxmon.reload import ConfigFile, Reloader, ReloadThread
+from fluxmon.resource_metrics import ResourceCollector, ResourceMetrics
+from fluxmon.resources import ResourceTracker
 from fluxmon.sdnotify import Notifier, watchdog_interval
 from fluxmon.sources import Source, SourceUnavailable
-from fluxmon.sources.replay import ReplaySource, UnreadableInput, format_event, open_input
+from fluxmon.sources.replay import (
+    ReplaySource,
+    UnreadableInput,
+    format_event,
+    format_resource_event,
+    open_input,
+)
 from fluxmon.tracker import Tracker
 
 #: Seconds between STATUS= updates to systemd.
@@ -82,6 +90,7 @@ class Parts:
     cap: LabelCap
     #: Captures and restores the ``flux_*`` counters and histograms (the checkpoint's).
     metrics_state: MetricsState
+    resource_metrics: ResourceMetrics | None = None
 
 
 def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] | None) -> Parts:
@@ -118,7 +127,10 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     cap = LabelCap(m.label_cap, self_metrics.label_overflow, declared_by(m))
     metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
     log_sink = LogSink(log, events=settings.log.events == "all")
-    tracker = Tracker([metrics_sink, log_sink])
+    resource_metrics = ResourceMetrics(registry, cap, exemplars=m.exemplars)
+    resources = ResourceTracker([resource_metrics, ResourceLogSink(log)])
+    tracker = Tracker([metrics_sink, log_sink, resources])
+    resources.on_reject = tracker.report_rejection
     pipeline = Pipeline(
         tracker,
         metrics_sink,
@@ -127,8 +139,10 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         clock=clock,
         writer=writer,
         stall_seconds=settings.health.stall_seconds,
+        resources=resources,
     )
-    registry.register(SnapshotCollector(pipeline.snapshot))
+    registry.register(ResourceCollector(pipeline.resource_snapshot))
+    registry.register(SnapshotCollector(pipeline.snapshot))  # last: ends with tracked jobs
     return Parts(
         registry,
         tracker,
@@ -140,7 +154,8 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
         log_sink,
         metrics_sink,
         cap,
-        MetricsState(job_metrics, cap),
+        MetricsState([job_metrics, resource_metrics], cap),
+        resource_metrics,
     )
 
 
@@ -263,6 +278,20 @@ class RecordDownstream:
         self.events_written += len(batch)
         if self._count is not None and self.jobs_finished >= self._count:
             self._stop.set()
+
+    def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
+        """Write the resource events as resource lines."""
+        for event in batch:
+            self._out.write(format_resource_event(event) + "\n")
+        self._out.flush()
+        self.events_written += len(batch)
+
+    def resource_mode(self, mode: str) -> None:
+        """Log how resources are read."""
+        self._log.info("source.resource_mode", mode=mode)
+
+    def declare_queue_nodes(self, requires: Mapping[str, Sequence[str]]) -> None:
+        """Nothing to declare: a recording has no metrics."""
 
     def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """Log the connection."""
@@ -514,6 +543,8 @@ def _applier(parts: Parts, server: MetricsServer) -> Callable[[Settings], list[s
         parts.cap.set_limit(settings.metrics.label_cap)
         parts.cap.declare("config", declared_by(settings.metrics))
         parts.metrics_sink.set_exemplars(settings.metrics.exemplars)
+        if parts.resource_metrics is not None:
+            parts.resource_metrics.set_exemplars(settings.metrics.exemplars)
         parts.log_sink.set_events(settings.log.events == "all")
         return []
 

@@ -304,6 +304,28 @@ def entry_event(
     return JobEvent(jobid, eventlog, name, ts, context, jobspec, R)
 
 
+def resource_entry_event(entry: Mapping[str, Any], *, walk: bool = True) -> ResourceEvent:
+    """The ResourceEvent of one resource eventlog entry, or InvalidEvent saying why not.
+
+    The same checks as :func:`entry_event`: a non-empty UTF-8 ``name``, a finite
+    ``timestamp``, a ``context`` object (default ``{}``) that :func:`check_tree` accepts.
+    """
+    try:
+        name = entry["name"]
+        timestamp = entry["timestamp"]
+        context = entry.get("context")
+    except KeyError as err:
+        raise InvalidEvent(f"missing key {err} (required: name, timestamp)") from None
+    except (TypeError, AttributeError):
+        raise InvalidEvent(f"a resource entry must be an object, not {shown(entry)}") from None
+    name = check_text(name, "name")
+    ts = check_timestamp(timestamp)
+    context = _object(context, "context") or EMPTY_CONTEXT
+    if walk:
+        check_tree(context, "context")
+    return ResourceEvent(name, ts, context)
+
+
 def needs_walk(raw: bytes | str) -> bool:
     r"""Whether a decoded line could fail :func:`check_tree`.
 

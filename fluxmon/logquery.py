@@ -1,4 +1,7 @@
-"""``fluxmon logs``: find records in fluxmon's own logs by job, record name and time.
+"""``fluxmon logs``: find records in fluxmon's own logs by job, node, record name and time.
+
+``--node HOST`` keeps the records whose ``nodelist`` (a compressed hostlist such as
+``host[15-18]``, in ``job.finished`` and ``node.*`` records) contains HOST.
 
 Reads logfmt or JSON lines (detected per line), as fluxmon wrote them or behind a
 prefix such as journalctl's ``Dec 02 17:00:00 host fluxmon[123]: `` (the record starts
@@ -20,6 +23,7 @@ from typing import IO, Any, Final
 
 from fluxmon.events import MAX_JOBID, f58, parse_jobid
 from fluxmon.exitcodes import EX_NOINPUT, EX_NOMATCH, EX_OK
+from fluxmon.hostlist import hostlist_contains
 
 JOB_FORMS: Final = (
     "f58 with the ƒ or f prefix (ƒBQPxhM, fBQPxhM), decimal (6828326912), "
@@ -111,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--job", action="append", type=_job_arg, default=[], help="jobid in any Flux form"
     )
     parser.add_argument("--msg", action="append", default=[], help="record name (job.finished)")
+    parser.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="records whose nodelist holds HOST (job.finished, node.*)",
+    )
     for option in ("--since", "--until"):
         parser.add_argument(option, type=_time_arg, metavar="TIME", help=TIME_FORMS)
 
@@ -184,6 +195,7 @@ class Query:
     msgs: frozenset[str] = frozenset()
     since: float | None = None
     until: float | None = None
+    nodes: frozenset[str] = frozenset()
     # Texts one of which a line must contain before it is worth parsing.
     _job_needles: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _msg_needles: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -199,6 +211,8 @@ class Query:
             return False
         if self._msg_needles and not any(n in line for n in self._msg_needles):
             return False
+        if self.nodes and "nodelist" not in line:
+            return False
         record = parse_record(line)
         return record is not None and self.matches(record)
 
@@ -208,6 +222,12 @@ class Query:
             return False
         if self.jobids and self.jobids.isdisjoint(_record_jobids(record)):
             return False
+        if self.nodes:
+            nodelist = record.get("nodelist")
+            if not isinstance(nodelist, str) or not any(
+                hostlist_contains(nodelist, host) for host in self.nodes
+            ):
+                return False
         if self.since is not None or self.until is not None:
             ts = _record_time(record)
             if ts is None:
@@ -259,7 +279,9 @@ def run(paths: Sequence[str], query: Query, stdin: IO[bytes], out: IO[bytes], er
 
 def main(args: argparse.Namespace, stdin: IO[bytes], out: IO[bytes], err: IO[str]) -> int:
     """``fluxmon logs`` from its parsed arguments; the exit status."""
-    query = Query(frozenset(args.job), frozenset(args.msg), args.since, args.until)
+    query = Query(
+        frozenset(args.job), frozenset(args.msg), args.since, args.until, frozenset(args.node)
+    )
     try:
         return run(args.files, query, stdin, out, err)
     except BrokenPipeError:

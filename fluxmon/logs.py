@@ -15,14 +15,16 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.config import LogFormat, LogLevel, LogOnFull
-from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, f58, shown
+from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, ResourceEvent, f58, shown
+from fluxmon.hostlist import encode_hostlist, encode_idset
+from fluxmon.resources import Node
 from fluxmon.tracker import Job, NullSink
 
 _KEY_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -556,6 +558,14 @@ def job_record(job: Job) -> dict[str, object]:
     record["ntasks"] = job.ntasks
     record["nnodes"] = job.nnodes
     record["duration_limit"] = job.duration_limit
+    record["name"] = job.name
+    record["nodelist"] = job.nodelist
+    record["ncores"] = job.ncores
+    record["ngpus"] = job.ngpus
+    if job.bank is not None:
+        record["bank"] = job.bank
+    if job.project is not None:
+        record["project"] = job.project
     return record
 
 
@@ -615,3 +625,63 @@ class LogSink(NullSink):
             if isinstance(fields["input"], str) and len(fields["input"]) > MAX_INPUT_CHARS:
                 fields["input"] = fields["input"][:MAX_INPUT_CHARS] + "..."
         self._log.warning("event.rejected", **fields)
+
+
+class ResourceLogSink:
+    """Writes the ``node.*`` records (a :class:`~fluxmon.resources.ResourceSink`).
+
+    One record per event and change; nodes that changed by different durations (an
+    undrain of nodes drained at different times) get one record per duration.
+    """
+
+    #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
+    kind: Final = "resource_logs"
+
+    def __init__(self, log: FilteringBoundLogger) -> None:
+        self._log = log
+
+    def resource_event(self, event: ResourceEvent) -> None:
+        """Nothing per event: the records are per change."""
+
+    def nodes_changed(
+        self,
+        change: str,
+        nodes: Sequence[Node],
+        event: ResourceEvent,
+        seconds: Sequence[float | None],
+    ) -> None:
+        """One ``node.*`` record: hostnames as a hostlist, ranks as an idset, and more."""
+        groups: dict[float | None, list[Node]] = {}
+        for node, value in zip(nodes, seconds, strict=True):
+            groups.setdefault(value, []).append(node)
+        for value, group in groups.items():
+            fields: dict[str, object] = {
+                "nodelist": encode_hostlist(n.host for n in group),
+                "ranks": encode_idset(n.rank for n in group),
+                "count": len(group),
+                "event_ts": event.timestamp,
+            }
+            if change in ("drain", "drain_update"):
+                reason = event.context.get("reason")
+                fields["reason"] = _scalar(reason) if reason is not None else ""
+                fields["update"] = change == "drain_update"
+            elif change == "undrain":
+                fields["drained_seconds"] = value
+            elif change == "online":
+                fields["down_seconds"] = value
+            self._write(change, fields)
+
+    def _write(self, change: str, fields: dict[str, object]) -> None:
+        log = self._log
+        if change == "online":
+            log.info("node.online", **fields)
+        elif change == "offline":
+            log.warning("node.offline", **fields)
+        elif change in ("drain", "drain_update"):
+            log.warning("node.drain", **fields)
+        elif change == "undrain":
+            log.info("node.undrain", **fields)
+        elif change == "torpid":
+            log.warning("node.torpid", **fields)
+        elif change == "lively":
+            log.info("node.lively", **fields)

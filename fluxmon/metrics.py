@@ -50,7 +50,7 @@ from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 OTHER: Final = "other"
 #: Open-ended labels whose distinct values are capped.
-CAPPED_LABELS: Final = ("queue", "name", "type", "severity", "returncode")
+CAPPED_LABELS: Final = ("queue", "name", "type", "severity", "returncode", "reason")
 PERILOG_PHASES: Final = ("prolog", "epilog")
 LAG_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 

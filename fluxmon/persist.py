@@ -19,13 +19,14 @@ that does not is named and starts at zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from prometheus_client import Counter, Histogram
 
 from fluxmon.events import EVENTLOG_LABEL, METRIC_STATES, RESULTS, check_text
-from fluxmon.metrics import CAPPED_LABELS, OTHER, PERILOG_PHASES, JobMetrics, LabelCap
+from fluxmon.metrics import CAPPED_LABELS, OTHER, PERILOG_PHASES, LabelCap
+from fluxmon.resources import RESOURCE_EVENT_NAMES
 
 #: Most series a saved state may hold (over every family).
 MAX_SERIES: Final = 200_000
@@ -35,6 +36,10 @@ CLOSED_LABELS: Final[Mapping[str, frozenset[str]]] = {
     "state": frozenset(METRIC_STATES),
     "result": frozenset(RESULTS),
     "phase": frozenset(PERILOG_PHASES),
+}
+#: Families whose label is closed although the label name is capped elsewhere.
+CLOSED_IN: Final[Mapping[tuple[str, str], frozenset[str]]] = {
+    ("flux_resource_events", "name"): frozenset(RESOURCE_EVENT_NAMES) | {OTHER},
 }
 
 #: What :meth:`MetricsState.capture` returns and the checkpoint keeps: per family,
@@ -62,14 +67,20 @@ def _count(value: object, what: str) -> float:
 class MetricsState:
     """Captures and restores the values of the ``flux_*`` counters and histograms."""
 
-    def __init__(self, metrics: JobMetrics, cap: LabelCap) -> None:
+    def __init__(self, holders: Sequence[Any], cap: LabelCap) -> None:
+        """Persist the Counter and Histogram attributes of ``holders``.
+
+        Holders: :class:`~fluxmon.metrics.JobMetrics` and the resource metrics, each
+        registered through its ``collector``.
+        """
         self._families: dict[str, Counter | Histogram] = {
             metric._name: metric
-            for metric in vars(metrics).values()
+            for holder in holders
+            for metric in vars(holder).values()
             if isinstance(metric, (Counter, Histogram))
         }
         self._cap = cap
-        self._collector = metrics.collector
+        self._collectors = [holder.collector for holder in holders]
 
     def capture(self) -> State:
         """The current value of every series (zeros too: they are restored), as JSON values.
@@ -78,8 +89,12 @@ class MetricsState:
         """
         state: State = {}
         for name, metric in self._families.items():
-            with metric._lock:
-                children: list[tuple[Any, Any]] = list(metric._metrics.items())
+            children: list[tuple[Any, Any]]
+            if not metric._labelnames:  # an unlabelled metric is its own child
+                children = [((), metric)]
+            else:
+                with metric._lock:
+                    children = list(metric._metrics.items())
             series: list[list[Any]] = []
             if isinstance(metric, Counter):
                 for labels, child in children:
@@ -122,7 +137,7 @@ class MetricsState:
                 warn(f"metrics {name}: {err}")
                 continue
             for labels, values in checked:
-                _add(metric.labels(*labels), values)
+                _add(metric.labels(*labels) if labels else metric, values)
             total += len(checked)
         return total
 
@@ -133,7 +148,8 @@ class MetricsState:
         last scrape before a crash are counted again from the saved values, and a scrape
         meanwhile would see a counter go down (a reset to Prometheus).
         """
-        self._collector.hidden = hidden
+        for collector in self._collectors:
+            collector.hidden = hidden
 
     def _check_family(self, metric: Counter | Histogram, saved: object) -> list[Any]:
         if not isinstance(saved, dict):
@@ -165,10 +181,10 @@ class MetricsState:
         labels = []
         for name, value in zip(names, raw, strict=True):
             text = check_text(value, f"label {name}")
-            closed = CLOSED_LABELS.get(name)
+            closed = CLOSED_IN.get((metric._name, name)) or CLOSED_LABELS.get(name)
             if closed is not None and text not in closed:
                 raise InvalidState(f"label {name} is {text[:80]!r}, not one of {sorted(closed)}")
-            if name in CAPPED_LABELS and text != OTHER:
+            if name in CAPPED_LABELS and text != OTHER and closed is None:
                 text = self._cap(name, text)
             labels.append(text)
         if isinstance(metric, Counter):

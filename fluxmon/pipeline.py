@@ -15,14 +15,15 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import JobEvent, JobState, f58
+from fluxmon.events import JobEvent, JobState, ResourceEvent, f58
 from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
+from fluxmon.resources import RESOURCE_MODES, QueueSlots, ResourceSnapshot, ResourceTracker
 from fluxmon.tracker import Tracker, sink_kind
 
 #: How long a scrape waits for the lock before failing.
@@ -45,8 +46,11 @@ class Pipeline:
         writer: LineWriter | None = None,
         stall_seconds: float = STALL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        resources: ResourceTracker | None = None,
     ) -> None:
         """``clock`` (wall time) measures event lag (None: off); ``writer`` is held per batch.
+
+        ``resources`` gets the resource events (a fresh one with no sinks when None).
 
         The event loop counts as stalled once ``stall_seconds`` (by ``monotonic``) pass
         without a heartbeat; ``fluxmon_healthy`` says so at each scrape.
@@ -56,6 +60,7 @@ class Pipeline:
         """
         self._writer = writer
         self.tracker = tracker
+        self.resources = resources if resources is not None else ResourceTracker()
         self._sink = metrics_sink
         self._self = self_metrics
         self._log = log
@@ -78,6 +83,10 @@ class Pipeline:
         for sink in tracker.sinks:
             self_metrics.internal_errors.labels(sink_kind(sink))
         tracker.on_sink_error = self._sink_failed
+        self.resources.on_sink_error = self._sink_failed
+        for resource_sink in self.resources.sinks:
+            kind = getattr(resource_sink, "kind", type(resource_sink).__name__)
+            self_metrics.internal_errors.labels(kind)
         self_metrics.healthy.set_function(lambda: float(self.liveness()[0]))
 
     @contextmanager
@@ -137,6 +146,36 @@ class Pipeline:
                 if type(ts) is float:
                     observe(max(now - ts, 0.0))
 
+    def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
+        """Apply a batch of resource events in order under one lock acquisition."""
+        if not batch:
+            self.heartbeat()
+            return
+        apply = self.resources.apply
+        with self._records(), self._lock:
+            newest = self._last_ts
+            for event in batch:
+                apply(event, live)
+                ts = event.timestamp
+                if type(ts) is float and ts > newest:
+                    newest = ts
+            self._last_ts = newest
+        self.heartbeat()
+        self._self.processed.inc(len(batch))
+        self._self.last_event.set(newest)
+
+    def resource_mode(self, mode: str) -> None:
+        """How the source reads resources now (``journal`` or ``poll``); log it."""
+        with self._lock:
+            self.resources.mode = mode if mode in RESOURCE_MODES else None
+        with self._records():
+            self._log.info("source.resource_mode", mode=mode)
+
+    def declare_queue_nodes(self, requires: Mapping[str, Sequence[str]]) -> None:
+        """Each configured queue's required node properties (none: one ``default`` queue)."""
+        with self._lock:
+            self.resources.declare_queues(requires)
+
     def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """Mark the stream live and log it."""
         if flux_version is not None:
@@ -144,6 +183,8 @@ class Pipeline:
         if self._ever_connected:
             self._self.reconnects.inc()
         self._ever_connected = True
+        with self._lock:
+            self.resources.connected()
         self._connected = True
         self._self.connected.set(1)
         with self._records():
@@ -194,6 +235,8 @@ class Pipeline:
         """Drop jobs that vanished while the source was away, logging each."""
         with self._lock:
             gone = [job for job in map(self.tracker.forget, jobids) if job is not None]
+            for job in gone:
+                self.resources.release(job.jobid)
         with self._records():
             for job in gone:
                 self._log.warning(
@@ -210,6 +253,7 @@ class Pipeline:
         """
         with self._lock:
             was_state = self.tracker.rewind(jobid)
+            self.resources.release(jobid)
         if was_state is None and finished:
             was_state = "INACTIVE"
         self._self.rewound.inc()
@@ -255,6 +299,30 @@ class Pipeline:
                     (count, oldest) if found is None else (found[0] + count, min(found[1], oldest))
                 )
             return counts, self._sink.known_queue_labels(), len(self.tracker.jobs)
+        finally:
+            self._lock.release()
+
+    def resource_snapshot(self) -> ResourceSnapshot:
+        """Node counts, per-queue-label cores and GPUs, oldest drain and mode, under the lock."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            msg = f"the tracker has been busy for over {LOCK_TIMEOUT:g}s"
+            raise TimeoutError(msg)
+        try:
+            snap = self.resources.snapshot()
+            label = self._sink.queue_label
+            queues: dict[str, QueueSlots] = {}
+            for queue, slots in snap.queues.items():
+                name = label(queue)
+                found = queues.get(name)
+                if found is None:
+                    queues[name] = slots
+                else:  # two queues exported under one label (the cap): add them up
+                    for state, count in slots.cores.items():
+                        found.cores[state] += count
+                    for state, count in slots.gpus.items():
+                        found.gpus[state] += count
+            snap.queues = queues
+            return snap
         finally:
             self._lock.release()
 

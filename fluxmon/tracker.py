@@ -58,6 +58,11 @@ REJECT_REASONS: Final = (
     "out_of_order",
     "invalid_transition",
     "negative_duration",
+    # Resource input (fluxmon.resources): a rank the instance lacks, an undrain of a
+    # node not drained, a node event before the instance's ranks are known.
+    "unknown_rank",
+    "not_drained",
+    "before_define",
 )
 
 # Events that move a job forward to a fixed state (flux-core job-list "advance").
@@ -90,6 +95,7 @@ class Job:
     __slots__ = (
         "_f58",
         "_time",
+        "bank",
         "duration_limit",
         "entered",
         "exc_note",
@@ -100,9 +106,14 @@ class Job:
         "jobid",
         "last_main",
         "last_main_ts",
+        "name",
+        "ncores",
+        "ngpus",
         "nnodes",
+        "nodelist",
         "ntasks",
         "perilog_starts",
+        "project",
         "queue",
         "result",
         "returncode",
@@ -136,6 +147,14 @@ class Job:
         self.duration_limit: float = 0.0
         self.ntasks: int | None = None
         self.nnodes: int | None = None
+        #: From the jobspec (attributes.system job.name, bank, project), when it has them.
+        self.name: str | None = None
+        self.bank: str | None = None
+        self.project: str | None = None
+        #: From the R of ``alloc``: cores, GPUs and the hostlist of the job's nodes.
+        self.ncores: int | None = None
+        self.ngpus: int | None = None
+        self.nodelist: str | None = None
         self.state: JobState = "NEW"
         self.entered: float = timestamp
         #: States entered so far, as bits ``1 << RANK[state]``.
@@ -216,7 +235,11 @@ class Sink(Protocol):
     """
 
     def job_event(self, job: Job, event: JobEvent) -> None:
-        """An event was accepted and applied; ``job.state`` is the state after it."""
+        """An event was accepted and applied; ``job.state`` is the state after it.
+
+        Live events only, unless the sink has ``sees_history = True`` (it keeps state
+        rebuilt from history, such as :class:`~fluxmon.resources.ResourceTracker`).
+        """
 
     def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
         """``job`` left ``state`` after ``seconds`` in it (one call per visit)."""
@@ -406,6 +429,48 @@ def _nodes_of_R(R: Mapping[str, Any]) -> int | None:
     return total
 
 
+def _R_slots(R: Mapping[str, Any]) -> tuple[int, int, str | None] | None:
+    """Cores, GPUs and the hostlist (``execution.nodelist`` joined) of an R; None if unread."""
+    execution = R.get("execution")
+    if not isinstance(execution, Mapping):
+        return None
+    r_lite = execution.get("R_lite")
+    if not isinstance(r_lite, list):
+        return None
+    cores = gpus = 0
+    for entry in r_lite:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("rank"), str):
+            return None
+        ranks = _idset_size(entry["rank"])
+        children = entry.get("children")
+        if ranks is None or not isinstance(children, Mapping):
+            return None
+        for key, value in children.items():
+            size = _idset_size(value) if isinstance(value, str) else None
+            if size is None:
+                return None
+            if key == "core":
+                cores += ranks * size
+            elif key == "gpu":
+                gpus += ranks * size
+    nodelist = execution.get("nodelist")
+    if isinstance(nodelist, str):
+        nodelist = [nodelist]
+    hostlist = None
+    if isinstance(nodelist, list) and all(isinstance(h, str) for h in nodelist):
+        hostlist = ",".join(nodelist) or None
+    return cores, gpus, hostlist
+
+
+def _text_attribute(system: Mapping[str, Any], *path: str) -> str | None:
+    value: object = system
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -415,6 +480,11 @@ class Tracker:
 
     def __init__(self, sinks: Sequence[Sink] = ()) -> None:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
+        #: Sinks with a true ``sees_history`` attribute: their ``job_event`` is called for
+        #: history events too (sinks that keep state, such as resource allocations).
+        self.history_sinks: tuple[Sink, ...] = tuple(
+            s for s in sinks if getattr(s, "sees_history", False) is True
+        )
         self.jobs: dict[int, Job] = {}
         self._finished: OrderedDict[int, None] = OrderedDict()
         #: Refusals so far by reason (the sinks see each one; this is for summaries).
@@ -431,7 +501,8 @@ class Tracker:
         """Apply one event; return True if it was accepted.
 
         With ``live=False`` (history replayed on connect) the job's state is rebuilt
-        but nothing is reported except refusals, so history is not counted twice. A
+        but nothing is reported except refusals (and ``job_event`` to the history sinks),
+        so history is not counted twice. A
         sink that raises does not make the event refused (see :attr:`on_sink_error`).
         """
         try:
@@ -499,12 +570,11 @@ class Tracker:
             seen[key] = context
             job.seq = job.seq_exec
             job.seq_exec += 1
-        if live:
-            for sink in self.sinks:
-                try:
-                    sink.job_event(job, event)
-                except Exception as error:
-                    self._sink_failed(sink, error)
+        for sink in self.sinks if live else self.history_sinks:
+            try:
+                sink.job_event(job, event)
+            except Exception as error:
+                self._sink_failed(sink, error)
         if job.state == "INACTIVE" or name == "invalidate":
             del self.jobs[jobid]
             finished = self._finished
@@ -592,6 +662,10 @@ class Tracker:
                 job.queue = _queue_of(event.jobspec)
                 job.duration_limit = _duration_of(event.jobspec)
                 job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
+                system = _system_attributes(event.jobspec)
+                job.name = _text_attribute(system, "job", "name")
+                job.bank = _text_attribute(system, "bank")
+                job.project = _text_attribute(system, "project")
             except BAD_INPUT as err:
                 return self._reject("malformed", f"jobspec: {type(err).__name__}: {err}", event)
         job.last_main = [("submit", context)]
@@ -682,6 +756,12 @@ class Tracker:
                     return self._reject("malformed", f"R: {type(err).__name__}: {err}", event)
                 if nodes is not None:
                     job.nnodes = nodes
+                try:
+                    slots = _R_slots(event.R)
+                except BAD_INPUT:  # children counts it cannot read: unknown, not refused
+                    slots = None
+                if slots is not None:
+                    job.ncores, job.ngpus, job.nodelist = slots
             if not self._advance(job, advance, event, live):
                 return False
             if name == "alloc" and job.t_alloc is None:

@@ -7,12 +7,12 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
-from fluxmon.events import EXEC, MAIN, JobEvent, JobState
+from fluxmon.events import EXEC, MAIN, JobEvent, JobState, ResourceEvent
 from fluxmon.sources.demo import DemoSource, simulate
 from fluxmon.tracker import Job, NullSink, Tracker
 
@@ -312,6 +312,15 @@ class RecordingDownstream:
 
     def declare_queues(self, names: Sequence[str]) -> None:
         self.calls.append(("declare_queues", ",".join(names)))
+
+    def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
+        self.calls.append(("resource_events", len(batch)))
+
+    def resource_mode(self, mode: str) -> None:
+        self.calls.append(("resource_mode", mode))
+
+    def declare_queue_nodes(self, requires: Mapping[str, Sequence[str]]) -> None:
+        self.calls.append(("declare_queue_nodes", ",".join(requires)))
 
     def reject_input(self, reason: str, detail: str) -> None:
         self.calls.append(("reject_input", reason))

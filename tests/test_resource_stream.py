@@ -515,27 +515,3 @@ def test_journal_event_keeps_unknown_names() -> None:
     )
     assert event.context == {"expiration": 9.0}
     assert isinstance(event.timestamp, float)
-
-
-def test_downstream_without_resources_gets_no_stream() -> None:
-    """A downstream that does not take resource events: no resource request is sent."""
-    broker, entries = recorded_broker()
-    config = settings()
-    stream = io.StringIO()
-    parts = build(config, stream, clock=None)
-    stop = VirtualStop(broker)
-    broker.stop_when_idle(stop, after=last_timestamp(entries))
-    source = FluxSource(
-        config.flux,
-        uri="local:///fake",
-        bindings=FakeBindings(broker),
-        stats=parts.self_metrics,
-        log=parts.log,
-        clock=broker.clock,
-        monotonic=broker.clock,
-    )
-    downstream = JobsOnly()
-    assert not isinstance(downstream, ResourceDownstream)
-    source.run(downstream, stop)
-    assert broker.resource_journals_opened == []
-    assert broker.journals_opened  # the job journal was followed

@@ -8,10 +8,10 @@ is thread-safe.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
-from fluxmon.events import JobEvent
+from fluxmon.events import JobEvent, ResourceEvent
 
 #: Why a job's exec eventlog is given up before its end: its watch was still open when
 #: the job's held ``clean`` ran out of time, the watch failed (to open, or with an
@@ -28,6 +28,15 @@ class Downstream(Protocol):
 
     def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
         """Apply events in order; ``live=False`` for history being replayed on connect."""
+
+    def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
+        """Apply resource events in order; ``live=False`` for the journal's history."""
+
+    def resource_mode(self, mode: str) -> None:
+        """How resources are read now: ``journal`` or ``poll`` (once per connect)."""
+
+    def declare_queue_nodes(self, requires: Mapping[str, Sequence[str]]) -> None:
+        """Each configured queue's ``requires`` properties (empty: all nodes; no queues: {})."""
 
     def connected(self, detail: str, *, flux_version: str | None = None) -> None:
         """The source is connected (``detail`` says to what, and in which mode)."""

@@ -3,9 +3,12 @@
 A line is ``{"id": <int or f58>, "eventlog": "eventlog" | "guest.exec.eventlog",
 "timestamp": <float>, "name": <str>, "context": {...}}`` plus ``"jobspec"`` on
 ``submit`` and ``"R"`` on ``alloc`` when known. ``eventlog`` defaults to the main
-eventlog and ``context`` to ``{}``. Blank lines are ignored; a malformed line is
-refused with its file and line number and the replay goes on. A file that cannot be
-read is not input to refuse but a missing input: :class:`UnreadableInput`.
+eventlog and ``context`` to ``{}``. A resource line is ``{"resource": true,
+"timestamp": <float>, "name": <str>, "context": {...}}`` (one entry of the instance's
+resource eventlog; ``resource-define`` carries the instance R in ``context["R"]``).
+Blank lines are ignored; a malformed line is refused with its file and line number and
+the replay goes on. A file that cannot be read is not input to refuse but a missing
+input: :class:`UnreadableInput`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from fluxmon.events import (
     MAX_LINE_BYTES,
     InvalidEvent,
     JobEvent,
+    ResourceEvent,
     decode_json,
     entry_event,
     needs_walk,
     parse_jobid,
+    resource_entry_event,
     shown,
 )
 from fluxmon.sources import Downstream
@@ -57,10 +62,25 @@ def parse_line(line: bytes | str) -> JobEvent:
     The entry's fields are checked by :func:`fluxmon.events.entry_event`, as the Flux
     source's are.
     """
+    event = parse_entry(line, resources=False)
+    assert isinstance(event, JobEvent)
+    return event
+
+
+def parse_entry(line: bytes | str, *, resources: bool = True) -> JobEvent | ResourceEvent:
+    """Parse one replay line: a job line, or (``resources``) a resource line.
+
+    A resource line has ``"resource": true``, ``timestamp``, ``name`` and ``context``,
+    checked by :func:`fluxmon.events.resource_entry_event`. Raises :class:`LineError`.
+    """
     try:
         obj = decode_json(line)
         if type(obj) is not dict:
             raise InvalidEvent(f"a line must be a JSON object, not {type(obj).__name__}")
+        if resources and "resource" in obj:
+            if obj["resource"] is not True:
+                raise InvalidEvent(f"resource must be true, not {shown(obj['resource'])}")
+            return resource_entry_event(obj, walk=needs_walk(line))
         try:
             jobid = obj["id"]
         except KeyError:
@@ -95,6 +115,17 @@ def format_event(event: JobEvent) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+def format_resource_event(event: ResourceEvent) -> str:
+    """One replay line (no newline) for a resource event."""
+    obj: dict[str, Any] = {
+        "resource": True,
+        "timestamp": event.timestamp,
+        "name": event.name,
+        "context": dict(event.context),
+    }
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def read_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | int]:
     """Yield each line of ``handle``, or the length of one longer than ``limit`` bytes.
 
@@ -120,10 +151,19 @@ def read_lines(handle: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes 
 def read_events(
     lines: Iterable[bytes | str | int],
 ) -> Iterator[tuple[int, JobEvent | LineError]]:
-    """Yield (line number, event or error) for every non-blank line.
+    """Yield (line number, event or error) for every non-blank line (job lines only).
 
     An ``int`` stands for a line that was too long (its length), from :func:`read_lines`.
     """
+    for lineno, item in read_entries(lines, resources=False):
+        assert not isinstance(item, ResourceEvent)
+        yield lineno, item
+
+
+def read_entries(
+    lines: Iterable[bytes | str | int], *, resources: bool = True
+) -> Iterator[tuple[int, JobEvent | ResourceEvent | LineError]]:
+    """Yield (line number, job or resource event, or error) for every non-blank line."""
     for lineno, line in enumerate(lines, 1):
         if isinstance(line, int):
             yield (
@@ -136,7 +176,7 @@ def read_events(
         if not line.strip():
             continue
         try:
-            yield lineno, parse_line(line)
+            yield lineno, parse_entry(line, resources=resources)
         except LineError as err:
             yield lineno, err
 
@@ -169,11 +209,16 @@ class ReplaySource:
             with open_input(path) as handle:  # bytes: lines are decoded once, in parse_line
                 # A pipe (/dev/stdin) has no position: its progress is its events alone.
                 tell = handle.tell if handle.seekable() else int
-                for lineno, item in read_events(read_lines(handle)):
+                for lineno, item in read_entries(read_lines(handle)):
                     if isinstance(item, LineError):
                         downstream.events(batch)
                         batch = []
                         downstream.reject_input("malformed", f"{os.fspath(path)}:{lineno}: {item}")
+                        continue
+                    if isinstance(item, ResourceEvent):  # in order with the job events
+                        downstream.events(batch)
+                        batch = []
+                        downstream.resource_events([item])
                         continue
                     batch.append(item)
                     if len(batch) >= BATCH:

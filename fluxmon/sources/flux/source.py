@@ -22,7 +22,7 @@ from fluxmon.sources.flux.checkpoint import FINISHED_SAVED, Checkpoint, Fingerpr
 from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
 from fluxmon.sources.flux.journal import JournalMode
-from fluxmon.sources.flux.resources import ResourceDownstream, ResourceMemory, ResourceStream
+from fluxmon.sources.flux.resources import ResourceMemory, ResourceStream
 from fluxmon.sources.flux.watch import WatchMode
 
 #: The system instance's URI, used when neither the config nor FLUX_URI name one.
@@ -318,12 +318,8 @@ class _Session:
     ) -> None:
         self._connection = connection
         self._stop = stop
-        #: Resources are followed when downstream takes them (a ``ResourceDownstream``).
-        downstream = connection.downstream
-        self._resources = (
-            ResourceStream(connection, downstream, resources)
-            if isinstance(downstream, ResourceDownstream)
-            else None
+        self._resources: ResourceStream | None = ResourceStream(
+            connection, connection.downstream, resources
         )
         self._delivery = EventDelivery(connection)
         if self._resources is not None:

@@ -1,0 +1,145 @@
+"""/metrics render time with the resource gauges of a large instance.
+
+Builds the daemon's pipeline, defines an instance of N nodes (cores and GPUs, a
+property per queue so that 20 queues each cover a slice of the nodes, plus one queue
+over every node), drains and takes offline some nodes, runs one job per four nodes
+(their allocations held), then times full text expositions of /metrics (best and
+median of ``--repeat``), the resource collector alone, and, as the baseline, the
+exposition of a pipeline with the same queues declared and no resource event (the
+per-queue job histograms it holds are most of the cost).
+
+Usage: python benchmarks/resource_metrics.py [--nodes 4096] [--queues 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+from prometheus_client import generate_latest
+
+from fluxmon.app import build
+from fluxmon.config import load_settings
+from fluxmon.events import MAIN, JobEvent, ResourceEvent
+from fluxmon.hostlist import encode_idset
+from fluxmon.resource_metrics import ResourceCollector
+
+
+def instance(nodes: int, queues: int) -> tuple[list[ResourceEvent], dict[str, list[str]]]:
+    """The restart and resource-define events, and each queue's required property."""
+    slice_ = nodes // queues
+    properties = {f"q{q}": encode_idset(range(q * slice_, (q + 1) * slice_)) for q in range(queues)}
+    R = {
+        "version": 1,
+        "execution": {
+            "R_lite": [{"rank": f"0-{nodes - 1}", "children": {"core": "0-63", "gpu": "0-3"}}],
+            "nodelist": [f"node[0-{nodes - 1}]"],
+            "properties": properties,
+        },
+    }
+    events = [
+        ResourceEvent(
+            "restart",
+            1.0,
+            {
+                "ranks": f"0-{nodes - 1}",
+                "online": f"0-{nodes - 1}",
+                "nodelist": f"node[0-{nodes - 1}]",
+            },
+        ),
+        ResourceEvent("resource-define", 2.0, {"method": "configuration", "R": R}),
+    ]
+    requires = {f"queue{q}": [f"q{q}"] for q in range(queues - 1)}
+    requires["all"] = []
+    return events, requires
+
+
+def jobs(nodes: int, t0: float) -> list[JobEvent]:
+    """One running job per four nodes, 32 cores and 2 GPUs on each."""
+    out: list[JobEvent] = []
+    for jobid, first in enumerate(range(0, nodes, 4), 1):
+        R = {
+            "version": 1,
+            "execution": {
+                "R_lite": [
+                    {"rank": f"{first}-{first + 3}", "children": {"core": "0-31", "gpu": "0-1"}}
+                ],
+                "nodelist": [f"node[{first}-{first + 3}]"],
+            },
+        }
+        spec = {"attributes": {"system": {"queue": "all"}}}
+        out += [
+            JobEvent(jobid, MAIN, "submit", t0, {"userid": 1, "urgency": 16}, jobspec=spec),
+            JobEvent(jobid, MAIN, "validate", t0, {}),
+            JobEvent(jobid, MAIN, "depend", t0, {}),
+            JobEvent(jobid, MAIN, "priority", t0, {"priority": 1}),
+            JobEvent(jobid, MAIN, "alloc", t0 + 1, {}, R=R),
+            JobEvent(jobid, MAIN, "start", t0 + 2, {}),
+        ]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4096)
+    parser.add_argument("--queues", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    base = load_settings(None)
+    settings = dataclasses.replace(base, log=dataclasses.replace(base.log, events="none"))
+    parts = build(settings, open("/dev/null", "w"), clock=None)  # noqa: SIM115 - the daemon's life
+    pipeline = parts.pipeline
+    events, requires = instance(args.nodes, args.queues)
+    pipeline.declare_queue_nodes(requires)
+    pipeline.declare_queues(list(requires))
+    pipeline.resource_events(events)
+    pipeline.resource_events(
+        [
+            ResourceEvent("drain", 10.0, {"idset": "0-63", "reason": "bad disk", "overwrite": 0}),
+            ResourceEvent("offline", 11.0, {"idset": "100-131"}),
+            ResourceEvent("torpid", 12.0, {"idset": "200-203"}),
+        ]
+    )
+    pipeline.events(jobs(args.nodes, 20.0))
+    full: list[float] = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        text = generate_latest(parts.registry)
+        full.append(time.perf_counter() - start)
+    baseline = build(settings, open("/dev/null", "w"), clock=None)  # noqa: SIM115
+    baseline.pipeline.declare_queues(list(requires))
+    bare: list[float] = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        generate_latest(baseline.registry)
+        bare.append(time.perf_counter() - start)
+    collector = ResourceCollector(pipeline.resource_snapshot)
+    alone: list[float] = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        list(collector.collect())
+        alone.append(time.perf_counter() - start)
+    series = sum(1 for line in text.splitlines() if line.startswith(b"flux_resource_"))
+    print(
+        f"nodes={args.nodes} queues={len(requires)} running_jobs={args.nodes // 4} "
+        f"resource_series={series} exposition_bytes={len(text)}"
+    )
+    print(
+        f"/metrics render: best {min(full) * 1e3:.2f} ms, median "
+        f"{statistics.median(full) * 1e3:.2f} ms (target < 50 ms)"
+    )
+    print(
+        f"baseline (same queues, no resources): best {min(bare) * 1e3:.2f} ms, median "
+        f"{statistics.median(bare) * 1e3:.2f} ms"
+    )
+    print(
+        f"resource gauges alone: best {min(alone) * 1e3:.2f} ms, median "
+        f"{statistics.median(alone) * 1e3:.2f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
