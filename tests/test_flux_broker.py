@@ -445,7 +445,7 @@ def test_guest_is_told_why_it_falls_back(open_tmp: Path) -> None:
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (fallback,) = records(out, "source.fallback")
+    (fallback,) = [r for r in records(out, "source.fallback") if r.get("stream") != "resources"]
     assert "EPERM" in fallback["reason"]
     assert "not the instance owner" in fallback["reason"]
     assert "watch mode" in records(out, "source.connected")[0]["detail"]
@@ -504,10 +504,11 @@ def test_restart_with_checkpoint_misses_nothing_and_counts_nothing_twice(tmp_pat
     counted = Counter[str]()
     finished: list[int] = []
     for run in ("first", "second"):
-        for sample in metrics((tmp_path / f"{run}.txt").read_text())["flux_job_events"]:
-            counted[sample.labels["eventlog"]] += int(sample.value)
         log = [json.loads(x) for x in (tmp_path / f"{run}.log").read_text().splitlines()]
         finished += [r["id"] for r in log if r["msg"] == "job.finished"]
+    # The counters continue across the restart: the second run's are the totals.
+    for sample in metrics((tmp_path / "second.txt").read_text())["flux_job_events"]:
+        counted[sample.labels["eventlog"]] += int(sample.value)
     assert counted == lines
     assert sorted(finished) == sorted(ids)
     assert len(ids) == 6
@@ -545,7 +546,8 @@ def test_record_stops_cleanly_on_a_signal(sig: str, tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert (tmp_path / "record.rc").read_text().strip() == "0"
     log = [json.loads(line) for line in err.splitlines()]
-    recorded = [json.loads(line) for line in (tmp_path / "recorded.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "recorded.jsonl").read_text().splitlines()]
+    recorded = [e for e in lines if not e.get("resource")]  # job lines (resource lines apart)
     want: Counter[tuple[int, str]] = Counter()
     for row in (tmp_path / "eventlog-lines.txt").read_text().splitlines():
         jobid, main, exec_ = (int(x) for x in row.split())
@@ -555,9 +557,10 @@ def test_record_stops_cleanly_on_a_signal(sig: str, tmp_path: Path) -> None:
     got = Counter((e["id"], e["eventlog"]) for e in recorded if e["name"] != "annotations")
     assert +got == +want
     (stopped,) = [r for r in log if r["msg"] == "fluxmon.stop"]
-    assert (stopped["events"], stopped["jobs"]) == (len(recorded), 2)
+    assert (stopped["events"], stopped["jobs"]) == (len(lines), 2)  # resource lines too
+    assert lines[0]["resource"]  # the instance's resources come first (resource-define)
     progress = [r for r in log if r["msg"] == "record.progress"]
-    assert (progress[-1]["events"], progress[-1]["jobs"]) == (len(recorded), 2)
+    assert (progress[-1]["events"], progress[-1]["jobs"]) == (len(lines), 2)
 
 
 # Many short jobs at once under fluxmon, then every job's exec eventlog as Flux has it.

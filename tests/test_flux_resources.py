@@ -333,3 +333,132 @@ def test_guest_polls_status_and_agrees(instance: Instance) -> None:
     )
     reasons = [e.context.get("reason") for e, live in events if e.name == "drain" and live]
     assert reasons == ["bad dimm", "ECC errors"]
+
+
+# -- fluxmon run end to end: its node and core figures against flux resource ----------
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """fluxmon's /metrics as {(sample name, sorted labels): value} ({} while it is not up)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _broker_figures(inst: Instance) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What ``flux resource status`` and ``flux resource list -q`` say, as fluxmon's samples."""
+    cli = inst.cli_status()
+    ranks = {0, 1, 2, 3}
+    down = parse_idset(cli["offline"], "offline")
+    drained = parse_idset(cli.get("drained", ""), "drained") - down
+    draining = parse_idset(cli.get("draining", ""), "draining") - down
+    up = ranks - down - drained - draining
+    want: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for state, nodes in (("up", up), ("down", down), ("drained", drained),
+                         ("draining", draining)):  # fmt: skip
+        want[("flux_resource_nodes", (("state", state),))] = float(len(nodes))
+    names = {"free": "free", "allocated": "allocated", "down": "unavailable"}
+    for queue in ("debug", "batch"):
+        out = inst.flux("resource", "list", "-q", queue, "-s", "free,allocated,down",
+                        "-no", "{state} {ncores}")  # fmt: skip
+        cores = dict.fromkeys(names.values(), 0.0)
+        for line in out.splitlines():
+            state, ncores = line.split()
+            cores[names[state]] += float(ncores)
+        for state, count in cores.items():
+            want[("flux_resource_cores", (("queue", queue), ("state", state)))] = count
+    return want
+
+
+def test_fluxmon_figures_equal_flux_resource_at_each_step(
+    instance: Instance, tmp_path: Path
+) -> None:
+    """``fluxmon run`` on the instance: nodes by state and cores per queue equal what
+    ``flux resource status``/``list`` say after each drain, undrain, job and broker stop,
+    and the node records carry the hostnames, reasons and durations.
+    """
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = tmp_path / "fluxmon.toml"
+    conf.write_text('[log]\nformat = "json"\n')
+    log_path = tmp_path / "fluxmon.log"
+    env = {k: v for k, v in instance.env.items() if k != "PYTHONPATH"}
+    fluxmon = str(Path(sys.executable).parent / "fluxmon")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [fluxmon, "run", "--listen", f"127.0.0.1:{port}", "-c", str(conf)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    seen: list[tuple[str, Any, Any]] = []
+
+    def agrees_now(step: str) -> Callable[[], bool]:
+        def check() -> bool:
+            got, want = _scrape(port), _broker_figures(instance)
+            wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+            seen[:] = [(step, wrong, None)]
+            return not wrong
+
+        return check
+
+    def step(name: str, *command: str) -> None:
+        if command:
+            instance.flux(*command)
+        assert until(agrees_now(name)), seen
+
+    try:
+        step("initial")
+        step("drain 1", "resource", "drain", "1", "bad dimm")
+        step("drain 2-3", "resource", "drain", "2-3", "ECC errors")
+        step("undrain 2", "resource", "undrain", "2")
+        debug = instance.flux("submit", "-q", "debug", "-n2", "sleep", "300").strip()
+        batch = instance.flux("submit", "-q", "batch", "-n1", "sleep", "300").strip()
+        for job in (debug, batch):
+            instance.flux("job", "wait-event", "-t", "120", job, "start")
+        step("jobs running")
+        step("drain 0 under a job", "resource", "drain", "0", "nhc: /tmp full")
+        instance.start_rpc("start.kill", {"rank": 3, "signum": 15})
+        assert until(lambda: instance.status()["offline"] == "3")
+        step("stop 3")
+        instance.start_rpc("start.run", {"rank": 3})
+        assert until(lambda: instance.status()["online"] == "0-3")
+        step("run 3")
+        instance.flux("cancel", debug, batch)
+        for job in (debug, batch):
+            instance.flux("job", "wait-event", "-t", "120", job, "clean")
+        step("idle")
+        step("undrain 0", "resource", "undrain", "0")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+
+    def of(msg: str) -> list[dict[str, Any]]:
+        return [r for r in records if r["msg"] == msg]
+
+    assert [(r["nodelist"], r["reason"]) for r in of("node.drain")] == [
+        ("node1", "bad dimm"), ("node[2-3]", "ECC errors"), ("node0", "nhc: /tmp full"),
+    ]  # fmt: skip
+    undrains = {r["nodelist"]: r["drained_seconds"] for r in of("node.undrain")}
+    assert set(undrains) == {"node2", "node0"}
+    assert all(seconds > 0 for seconds in undrains.values())
+    assert [r["nodelist"] for r in of("node.offline")] == ["node3"]
+    (online,) = [r for r in of("node.online") if r["nodelist"] == "node3"]
+    assert online["down_seconds"] > 0
+    assert of("event.rejected") == []
+    finished = {r["id"]: r for r in of("job.finished")}
+    assert {r["nodelist"] for r in finished.values()} == {"node0", "node2"}

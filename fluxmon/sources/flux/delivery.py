@@ -95,6 +95,9 @@ class EventDelivery:
         self._watches: dict[tuple[int, str], WatchFuture] = {}
         #: Cleans held back per job, and when they are released at the latest (monotonic).
         self._held: dict[int, tuple[list[JobEvent], float]] = {}
+        #: Running jobs whose exec watch was reopened by :meth:`resume` and has not
+        #: answered yet (their exec eventlog is being read again).
+        self.rereading: set[int] = set()
         self._warned_limit = False
         #: Exec events at or before this wall-clock time are history (not counted live).
         self.exec_history_until = -math.inf
@@ -276,7 +279,8 @@ class EventDelivery:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
         memory = self._memory
         for jobid in sorted(memory.running):
-            self.watch_exec(jobid)
+            if self.watch_exec(jobid):
+                self.rereading.add(jobid)
         deadline = self._connection.monotonic() + HOLD_SECONDS
         for jobid, events in sorted(memory.held_over.items()):
             self._held[jobid] = (events, deadline)
@@ -380,6 +384,8 @@ class EventDelivery:
     ) -> None:
         if (jobid, eventlog) not in self._watches:
             return
+        if eventlog == EXEC:
+            self.rereading.discard(jobid)
         connection = self._connection
         try:
             entry = future.get_event()
@@ -411,6 +417,8 @@ class EventDelivery:
         self, jobid: int, eventlog: str, future: WatchFuture, *, cancel: bool = True
     ) -> None:
         """Forget a watch; cancel it unless its stream already ended (no RPC for nothing)."""
+        if eventlog == EXEC:
+            self.rereading.discard(jobid)
         if self._watches.pop((jobid, eventlog), None) is None:
             return
         self._connection.stats.watch_closed(eventlog)

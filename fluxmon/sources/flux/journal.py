@@ -15,7 +15,13 @@ from typing import Final
 from fluxmon.events import JOURNAL_ONLY, MAIN, JobEvent, shown
 from fluxmon.sources.flux.bindings import JOURNAL_TOPIC, RPCFuture
 from fluxmon.sources.flux.connection import Connection, Start, describe
-from fluxmon.sources.flux.delivery import NO_HISTORY, EventDelivery, refuse, to_event
+from fluxmon.sources.flux.delivery import (
+    HOLD_SECONDS,
+    NO_HISTORY,
+    EventDelivery,
+    refuse,
+    to_event,
+)
 
 #: Journal refusals that mean "use watch mode" (flux.mode = "auto").
 _REFUSALS = {
@@ -132,6 +138,9 @@ class JournalMode:
         self._history_jobs: set[int] = set()
         #: The stream; it lives only as long as this reference (see ``Bindings``).
         self._future: RPCFuture | None = None
+        #: After a restart: when to go live at the latest (monotonic; None: not waiting).
+        self._live_at: float | None = None
+        self._settled = False
 
     def start(self) -> None:
         """Ask for the journal with its full history."""
@@ -140,7 +149,16 @@ class JournalMode:
         self._future.then(connection.guard(self._on_response))
 
     def tick(self, now: float) -> None:
-        """Nothing to do on the timer: the journal streams by itself."""
+        """Go live once the resumed running jobs' exec eventlogs are read (see below)."""
+        if self._live_at is None:
+            return
+        if self._delivery.rereading and now < self._live_at:
+            return
+        if not self._settled and now < self._live_at:
+            self._settled = True  # one more tick: the rest of each burst is in
+            return
+        self._live_at = None
+        self._connection.go_live()
 
     def _on_response(self, future: RPCFuture) -> None:
         connection = self._connection
@@ -248,7 +266,15 @@ class JournalMode:
         # cleans until their exec eventlogs are read.
         delivery.resume()
         delivery.deliver_main(news, live=True)
-        connection.go_live()
+        if connection.start is Start.RESUMED and delivery.rereading:
+            # After a restart the running jobs' exec events since the save are counted
+            # again from the saved counters: caught up (and the restored counters shown)
+            # once each reopened watch has answered, its burst of history read (the
+            # next tick), or at most HOLD_SECONDS.
+            self._live_at = connection.monotonic() + HOLD_SECONDS
+            self._settled = False
+        else:
+            connection.go_live()
         delivery.mark()  # the first start's history horizon is durable from here
 
     def _reconcile(self, history: list[JobEvent]) -> list[JobEvent]:
