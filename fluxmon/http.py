@@ -57,7 +57,6 @@ from urllib.parse import urlsplit
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from fluxmon.config import (
@@ -68,6 +67,7 @@ from fluxmon.config import (
     load_tls_context,
     tls_problems,
 )
+from fluxmon.exposition import choose
 
 __all__ = ["REFUSAL_REASONS", "Health", "MetricsServer", "format_address"]
 
@@ -574,7 +574,7 @@ class _Endpoints:
         return _text(HTTPStatus.NOT_FOUND, "not found")
 
     def _metrics(self, request: _Request) -> _Response:
-        encoder, content_type = choose_encoder(request.accept)
+        encoder, content_type = choose(request.accept)
         try:
             body = self.renderer.render(content_type, lambda: encoder(self.registry))
         except Exception:
