@@ -972,13 +972,14 @@ class _Simulation:
         they fit now and end before the blocked job could start.
         """
         shadow: dict[tuple[int, ...], float] = {}
+        usable_ranks = {q.ranks: self._usable(q.ranks) for q in _QUEUES}
         t = now + self.rng.uniform(0.002, 0.006)
         for jobid in self.pending[:_SCHED_DEPTH]:
             job = self.jobs[jobid]
             if job.last_ts > now:  # its priority event is still to come
                 continue
             ranks = job.plan.queue.ranks
-            usable = self._usable(ranks)
+            usable = usable_ranks[ranks]
             alloc = self.cluster.place(job.plan.request, usable)
             if ranks in shadow:
                 if alloc is None or t + job.plan.estimate > shadow[ranks]:
