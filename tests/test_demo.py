@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from fluxmon.events import EXEC, MAIN, JobEvent, JobState, ResourceEvent
-from fluxmon.sources.demo import DemoSource, simulate
+from fluxmon.hostlist import decode_hostlist, decode_idset
+from fluxmon.resources import ResourceTracker, parse_R
+from fluxmon.sources.demo import QUEUE_REQUIRES, DemoSource, simulate, simulate_cluster
 from fluxmon.tracker import Job, NullSink, Tracker
 
 START = 1_795_880_000.0
@@ -290,6 +292,8 @@ class RecordingDownstream:
     batches: int = 1_000_000
     calls: list[tuple[str, object]] = field(default_factory=list)
     delivered: list[JobEvent] = field(default_factory=list)
+    resources: list[tuple[ResourceEvent, bool]] = field(default_factory=list)
+    stream: list[JobEvent | ResourceEvent] = field(default_factory=list)
     beats: list[float] = field(default_factory=list)
 
     def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
@@ -298,6 +302,7 @@ class RecordingDownstream:
             assert all(e.timestamp <= self.clock.now for e in batch)
         self.calls.append(("events", len(batch)))
         self.delivered.extend(batch)
+        self.stream.extend(batch)
         if sum(name == "events" for name, _ in self.calls) >= self.batches:
             self.stop.set()
 
@@ -314,7 +319,12 @@ class RecordingDownstream:
         self.calls.append(("declare_queues", ",".join(names)))
 
     def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
+        if self.clock is not None and live:
+            assert all(e.timestamp <= self.clock.now for e in batch)
         self.calls.append(("resource_events", len(batch)))
+        self.resources.extend((event, live) for event in batch)
+        if live:
+            self.stream.extend(batch)
 
     def resource_mode(self, mode: str) -> None:
         self.calls.append(("resource_mode", mode))
@@ -338,20 +348,27 @@ class RecordingDownstream:
 
 
 def test_source_paces_the_simulation() -> None:
-    """The source says connected, then caught up, then hands out the stream as time passes."""
+    """The source connects, declares resources and their history, then paces the stream."""
     clock = FakeClock(START)
     stop = FakeStop(clock)
-    downstream = RecordingDownstream(stop, clock, batches=40)
-    DemoSource(rate=2.0, seed=3, clock=clock).run(downstream, stop)
-    assert downstream.calls[0] == (
-        "connected",
-        "demo: simulated Flux workload, seed=3, rate=2 jobs/s",
-    )
-    assert downstream.calls[1] == ("caught_up", None)
-    assert {name for name, _ in downstream.calls[2:]} == {"events"}
+    downstream = RecordingDownstream(stop, clock, batches=400)
+    DemoSource(rate=50.0, seed=3, clock=clock).run(downstream, stop)
+    history = simulate_cluster(seed=3, rate=50.0, start=START).history
+    assert downstream.calls[:5] == [
+        ("connected", "demo: simulated Flux workload, seed=3, rate=50 jobs/s"),
+        ("resource_mode", "journal"),
+        ("declare_queue_nodes", "batch,debug,gpu"),
+        ("resource_events", len(history)),
+        ("caught_up", None),
+    ]
+    assert {name for name, _ in downstream.calls[5:]} == {"events", "resource_events"}
+    assert [e for e, live in downstream.resources if not live] == history
+    assert any(live for _, live in downstream.resources), "400 batches reach an incident"
+    stream = simulate_cluster(seed=3, rate=50.0, start=START).events
+    assert downstream.stream == list(itertools.islice(stream, len(downstream.stream)))
     delivered = downstream.delivered
     assert len(delivered) > 40
-    assert delivered == first(len(delivered), seed=3, rate=2.0)
+    assert delivered == first(len(delivered), seed=3, rate=50.0)
     assert all(0 < pause <= 0.5 for pause in stop.waits)
 
 
@@ -369,7 +386,161 @@ def test_source_returns_when_stopped() -> None:
     thread.join(timeout=2.0)
     assert not thread.is_alive()
     assert time.monotonic() - began < 0.2
-    assert [name for name, _ in downstream.calls[:2]] == ["connected", "caught_up"]
+    assert [name for name, _ in downstream.calls[:5]] == [
+        "connected",
+        "resource_mode",
+        "declare_queue_nodes",
+        "resource_events",
+        "caught_up",
+    ]
     assert downstream.delivered, "50 jobs/s for 0.3 s delivers something"
     lag = time.time() - downstream.delivered[-1].timestamp
     assert 0 <= lag < 1.0
+
+
+# --- the resource life -------------------------------------------------------------------
+
+#: Cores and GPUs of each queue's nodes (ranks 0-11: 8 cores; 12-15: 8 cores, 2 GPUs).
+QUEUE_SLOTS = {"batch": (96, 0), "debug": (96, 0), "gpu": (32, 8)}
+
+
+@dataclass
+class ResourceRun:
+    """What a simulated cluster's resource life looked like through a real resource tracker."""
+
+    resources: ResourceTracker
+    tracker: Tracker
+    names: collections.Counter[str] = field(default_factory=collections.Counter)
+    states: set[str] = field(default_factory=set)
+    reasons: set[str] = field(default_factory=set)
+    drained_at: dict[int, float] = field(default_factory=dict)
+    drain_spans: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    checks: int = 0
+
+    def check(self, where: str) -> None:
+        """Node states add up; no queue allocates more cores or GPUs than its nodes hold."""
+        self.checks += 1
+        snap = self.resources.snapshot()
+        if sum(snap.nodes.values()) != 16:
+            self.problems.append(f"{where}: node states {snap.nodes}")
+        self.states |= {state for state, count in snap.nodes.items() if count}
+        for queue, (cores, gpus) in QUEUE_SLOTS.items():
+            slots = snap.queues[queue]
+            if sum(slots.cores.values()) != cores or sum(slots.gpus.values()) != gpus:
+                self.problems.append(f"{where}: {queue} {slots}")
+        for node in self.resources.nodes.values():
+            if not (0 <= node.alloc_cores <= node.cores and 0 <= node.alloc_gpus <= node.gpus):
+                self.problems.append(f"{where}: {node.host} holds {node.alloc_cores} cores")
+
+
+def run_resources(*, seed: int, rate: float, seconds: float) -> ResourceRun:
+    """Feed ``seconds`` of a simulated cluster to a job tracker and a resource tracker."""
+    resources = ResourceTracker()
+    resources.declare_queues(QUEUE_REQUIRES)
+    run = ResourceRun(resources, Tracker([resources]))
+    cluster = simulate_cluster(seed=seed, rate=rate, start=START)
+    for entry in cluster.history:
+        assert resources.apply(entry, live=False)
+    run.check("history")
+    jobs = 0
+    for event in cluster.events:
+        if event.timestamp > START + seconds:
+            break
+        if isinstance(event, ResourceEvent):
+            assert resources.apply(event), event
+            run.names[event.name] += 1
+            context = event.context
+            if event.name == "drain":
+                run.reasons.add(context["reason"])
+                ranks = decode_idset(context["idset"])
+                assert decode_hostlist(context["nodelist"]) == [f"node{r}" for r in ranks]
+                run.drained_at |= dict.fromkeys(ranks, event.timestamp)
+            elif event.name == "undrain":
+                for rank in decode_idset(context["idset"]):
+                    run.drain_spans.append(event.timestamp - run.drained_at.pop(rank))
+            run.check(f"{event.name} at {event.timestamp}")
+            continue
+        if event.name == "alloc":
+            assert event.R is not None
+            ranks = sorted(parse_R(event.R)[0])
+            assert decode_hostlist(event.R["execution"]["nodelist"][0]) == [
+                f"node{r}" for r in ranks
+            ]
+            placed = {resources.nodes[r].state for r in ranks}
+            if placed != {"up"}:
+                run.problems.append(f"job placed on a {placed} node: {event}")
+        run.tracker.apply(event)
+        jobs += 1
+        if jobs % 500 == 0:
+            run.check(f"job event {event.name} at {event.timestamp}")
+    run.check("end")
+    return run
+
+
+@pytest.fixture(scope="module")
+def resource_run() -> ResourceRun:
+    return run_resources(seed=1, rate=0.5, seconds=9000.0)
+
+
+def test_resource_figures_stay_consistent(resource_run: ResourceRun) -> None:
+    """Node states add up to 16 and no queue allocates more than its nodes hold, throughout."""
+    assert resource_run.checks > 50
+    assert resource_run.problems == []
+    assert resource_run.resources.rejected == {}
+    assert sum(resource_run.tracker.rejected.values()) == 0
+
+
+def test_nodes_are_drained_and_undrained_within_the_run(resource_run: ResourceRun) -> None:
+    """Drains with realistic reasons happen and end in undrains minutes later."""
+    names = resource_run.names
+    assert names["drain"] >= 10
+    assert names["undrain"] >= names["drain"] - 5
+    assert len(resource_run.drained_at) <= 5  # still drained at the end (the long drain too)
+    assert all(60.0 <= span <= 4 * 3600.0 for span in resource_run.drain_spans)
+    assert {"admin: firmware update", "kernel panic", "nhc: /tmp full"} <= resource_run.reasons
+    assert any(reason.startswith("ECC errors on node") for reason in resource_run.reasons)
+
+
+def test_nodes_go_offline_and_torpid_and_come_back(resource_run: ResourceRun) -> None:
+    """Nodes go offline and back online, turn torpid and lively; every node state is seen."""
+    names = resource_run.names
+    assert names["offline"] >= 2
+    assert names["online"] >= names["offline"] - 1
+    assert names["torpid"] >= 1
+    assert names["lively"] >= names["torpid"] - 1
+    assert resource_run.states == {"up", "drained", "draining", "down", "torpid"}
+
+
+def test_resource_history_is_a_journal_at_connect() -> None:
+    """The history starts as flux-core's journal does and leaves one node drained long ago."""
+    history = simulate_cluster(seed=5, rate=2.0, start=START).history
+    assert [e.name for e in history] == ["restart", "resource-define", "online", "online", "drain"]
+    assert history[0].context == {"ranks": "0-15", "online": "", "nodelist": "node[0-15]"}
+    R = history[1].context["R"]["execution"]
+    assert R["properties"] == {"batch": "0-11", "debug": "0-11", "gpu": "12-15"}
+    assert all(e.timestamp < START for e in history)
+    assert START - history[-1].timestamp >= 2 * 3600.0
+    assert set(history[-1].context) == {"idset", "nodelist", "overwrite", "reason"}
+
+
+def test_resource_life_is_deterministic_per_seed() -> None:
+    """One seed gives the same resource events; another seed gives other ones."""
+
+    def resource_events(seed: int) -> list[ResourceEvent]:
+        cluster = simulate_cluster(seed=seed, rate=0.2, start=START)
+        stream = itertools.takewhile(lambda e: e.timestamp < START + 3000.0, cluster.events)
+        return [*cluster.history, *(e for e in stream if isinstance(e, ResourceEvent))]
+
+    events = resource_events(4)
+    assert len(events) > 10
+    assert events == resource_events(4)
+    assert events != resource_events(5)
+
+
+@pytest.mark.slow
+def test_a_fast_demo_drains_and_reboots_within_two_minutes() -> None:
+    """At 50 jobs/s (the end-to-end test's rate) nodes drain, undrain, go offline and online."""
+    run = run_resources(seed=1, rate=50.0, seconds=120.0)
+    assert run.problems == []
+    assert min(run.names[name] for name in ("drain", "undrain", "offline", "online")) >= 1

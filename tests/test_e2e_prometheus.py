@@ -47,6 +47,12 @@ VARIABLES = {
     "${queue}": ".*",
     "$queue": ".*",
 }
+#: Counters that prove the demo's nodes drained, undrained, went offline and came back.
+RESOURCE_LIFE = (
+    "flux_node_drains_total",
+    "flux_node_drain_duration_seconds_count",
+    "flux_node_down_duration_seconds_count",
+)
 F58 = re.compile(r"^f[1-9A-HJ-NP-Za-km-z]+$")
 
 
@@ -201,6 +207,11 @@ def _missing(api: PromAPI) -> list[str]:
             missing.append(f"recorded series {recorded}")
     if not _exemplar_jobids(api):
         missing.append("exemplars of flux_job_queue_wait_seconds_bucket")
+    # The demo's resource life: a node drained and undrained, one offline and back online.
+    for name in RESOURCE_LIFE:
+        observed = f'sum({name}{{cluster="{CLUSTER}"}}) > 0'
+        if not api.query(observed):
+            missing.append(observed)
     return missing
 
 
@@ -378,3 +389,19 @@ def test_queue_wait_exemplars_carry_jobids(prometheus: PromAPI) -> None:
     jobids = _exemplar_jobids(prometheus)
     assert jobids, "no exemplars stored"
     assert all(F58.match(j) for j in jobids), jobids[:5]
+
+
+def test_resource_figures_add_up(prometheus: PromAPI) -> None:
+    """The demo's 16 nodes add up across states, and each queue's cores across theirs."""
+    selector = f'{{cluster="{CLUSTER}"}}'
+    (nodes,) = prometheus.query(f"sum(flux_resource_nodes{selector})")
+    assert nodes["value"][1] == "16"
+    cores = prometheus.query(f"sum by (queue) (flux_resource_cores{selector})")
+    assert {c["metric"]["queue"]: c["value"][1] for c in cores} == {
+        "batch": "96",
+        "debug": "96",
+        "gpu": "32",
+    }
+    drains = prometheus.query(f"sum by (reason) (flux_node_drains_total{selector})")
+    assert drains, "the demo drained no node"
+    assert all(not re.search(r"\d", d["metric"]["reason"]) for d in drains), drains

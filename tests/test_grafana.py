@@ -32,7 +32,16 @@ REQUIRED_TITLES = [
     r"Open per-job watches",
     r"Label overflow",
     r"Tracked jobs",
+    r"Nodes by state",
+    r"Drained nodes and oldest drain age",
+    r"Cores and GPUs allocated vs free per queue",
+    r"Core and GPU utilisation per queue",
+    r"Drains by reason",
+    r"Drain and down durations",
 ]
+#: Node metrics: no queue label, so a queue selection must not filter them (it would
+#: hide every node).
+NODE_METRICS = re.compile(r"flux_resource_nodes|flux_resource_oldest_\w+|flux_node_\w+")
 
 
 def _load() -> dict[str, Any]:
@@ -175,16 +184,21 @@ def test_every_panel_query_filters_by_cluster_and_instance() -> None:
 
 
 def test_job_queries_filter_by_queue_and_fluxmon_queries_do_not() -> None:
-    """Job metric queries honour $queue; fluxmon_* metrics (no queue label) are not filtered."""
+    """Job and per-queue resource queries honour $queue; fluxmon_* and node metrics do not."""
+    node_queries = 0
     for panel, target in _targets():
         expr = target["expr"]
         if re.search(r"\bflux_", expr):
-            selectors = re.findall(r"\bflux_\w+\{([^}]*)\}", expr)
+            selectors = re.findall(r"\b(flux_\w+)\{([^}]*)\}", expr)
             assert len(selectors) == len(re.findall(r"\bflux_\w+", expr)), expr
             assert selectors, (panel["title"], expr)
-            assert all('queue=~"$queue"' in s for s in selectors), (panel["title"], expr)
+            for name, labels in selectors:
+                by_node = NODE_METRICS.fullmatch(name) is not None
+                node_queries += by_node
+                assert ('queue=~"$queue"' in labels) != by_node, (panel["title"], expr)
         else:
             assert "$queue" not in expr, (panel["title"], expr)
+    assert node_queries >= 5
 
 
 def test_range_vectors_use_rate_interval() -> None:
@@ -234,3 +248,39 @@ def test_provisioning_examples_exist(path: str, needle: str) -> None:
     assert text.startswith("#")
     assert "apiVersion: 1" in text
     assert needle in text
+
+
+def _panel(title: str) -> dict[str, Any]:
+    """The one panel with this title."""
+    (panel,) = (p for p in _panels(_load()["panels"]) if p["title"] == title)
+    return panel
+
+
+def test_resources_row_holds_the_resource_panels() -> None:
+    """A "Resources" row exists and the resource panels sit below it, above fluxmon health."""
+    top = _load()["panels"]
+    rows = {p["title"]: p["gridPos"]["y"] for p in top if p["type"] == "row"}
+    assert rows["Resources"] < rows["fluxmon health"]
+    for panel in top:
+        if re.search(r"\bflux_(resource|node)_", json.dumps(panel.get("targets", []))):
+            assert rows["Resources"] < panel["gridPos"]["y"] < rows["fluxmon health"]
+
+
+def test_oldest_drain_age_is_measured_from_now() -> None:
+    """The oldest-drain target subtracts the oldest drain timestamp from time(), in seconds."""
+    panel = _panel("Drained nodes and oldest drain age")
+    exprs = {t["refId"]: t["expr"] for t in panel["targets"]}
+    assert exprs["B"].startswith("time() - min(flux_resource_oldest_drain_timestamp_seconds{")
+    assert 'state=~"drained|draining"' in exprs["A"]
+    (override,) = panel["fieldConfig"]["overrides"]
+    assert override["matcher"] == {"id": "byFrameRefID", "options": "B"}
+    assert {"id": "unit", "value": "s"} in override["properties"]
+
+
+def test_utilisation_is_allocated_over_allocated_and_free() -> None:
+    """Utilisation divides allocated by allocated + free (a queue with none left out)."""
+    for target in _panel("Core and GPU utilisation per queue")["targets"]:
+        numerator, denominator = target["expr"].split(" / ")
+        assert 'state="allocated"' in numerator
+        assert 'state=~"allocated|free"' in denominator
+        assert denominator.endswith("> 0)")

@@ -39,6 +39,9 @@ EXPECTED_ALERTS = {
     "FluxJobExceptionBurst",
     "FluxmonLabelOverflow",
     "FluxmonEventErrors",
+    "FluxNodesDrainedHigh",
+    "FluxNodeDownLong",
+    "FluxQueueFull",
 }
 
 
@@ -65,6 +68,19 @@ def _alert_test_cases(text: str) -> list[tuple[str, bool]]:
 def test_rules_file_defines_exactly_the_documented_alerts() -> None:
     """The rules file has each alert of the design, and no other."""
     assert set(_alert_blocks(RULES.read_text())) == EXPECTED_ALERTS
+
+
+OPERATIONS = PROMETHEUS_DIR.parent / "docs" / "operations.md"
+
+
+@pytest.mark.parametrize("alert", sorted(EXPECTED_ALERTS))
+def test_alert_is_in_the_operations_guide_with_its_severity(alert: str) -> None:
+    """docs/operations.md lists each alert in its table with the rule's severity."""
+    block = _alert_blocks(RULES.read_text())[alert]
+    severity = re.search(r"^\s+severity: (\w+)$", block, flags=re.MULTILINE)
+    assert severity
+    rows = re.findall(rf"^\| {alert} \|.*\| (\w+) \|$", OPERATIONS.read_text(), re.MULTILINE)
+    assert rows == [severity.group(1)]
 
 
 @pytest.mark.parametrize("alert", sorted(EXPECTED_ALERTS))
@@ -121,6 +137,21 @@ def test_example_prometheus_config_is_valid() -> None:
             "sum by (cluster, job, instance, queue) (rate(flux_jobs_finished_total{result",
             "sum by (job, instance, queue) (rate(flux_jobs_finished_total{result",
             id="cluster-dropped",
+        ),
+        pytest.param('{state=~"drained|draining"})', '{state="drained"})', id="draining"),
+        pytest.param("        > 0.1\n", "        > 0.2\n", id="drained-fraction"),
+        pytest.param(
+            '{state="down"} > 0\n        for: 30m',
+            '{state="down"} > 0\n        for: 5m',
+            id="down-for",
+        ),
+        pytest.param(
+            '(flux_resource_cores{state="allocated"}) > 0',
+            '(flux_resource_cores{state="allocated"}) >= 0',
+            id="full-of-nothing",
+        ),
+        pytest.param(
+            '(flux_jobs{state="SCHED"}) > 0', '(flux_jobs{state="SCHED"}) >= 0', id="nothing-waits"
         ),
     ],
 )

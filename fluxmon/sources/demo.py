@@ -2,7 +2,14 @@
 
 :func:`simulate` is pure: given a seed, an arrival rate and a start time it yields the
 eventlog entries of a small cluster (16 nodes x 8 cores, four of them with 2 GPUs)
-running a FIFO scheduler with backfill, in nondecreasing timestamp order. Every event
+running a FIFO scheduler with backfill, in nondecreasing timestamp order.
+:func:`simulate_cluster` adds the cluster's resource life, as flux-core's resource
+journal streams it (see ``tests/data/resources``): the journal's history at connect
+(``restart``, ``resource-define`` with the instance R, ``online``, a node drained long
+ago), then nodes drained with realistic reasons and undrained minutes later, nodes
+rebooted (drained, offline once idle, online, undrained), a kernel panic (an idle node
+offline, drained, back), now and then a torpid node. The scheduler places no job on a
+drained, offline or torpid node; a node drained under running jobs shows as draining. Every event
 looks like one flux-core 0.88 writes (names, context keys, order, the gaps between
 them), as recorded in ``tests/data/scenarios`` and the job-manager journal: jobs
 succeed, exit nonzero, are killed by signals, fail to exec, are canceled pending or
@@ -28,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
-from fluxmon.events import EMPTY_CONTEXT, EXEC, MAIN, JobEvent, f58
+from fluxmon.events import EMPTY_CONTEXT, EXEC, MAIN, JobEvent, ResourceEvent, f58
 from fluxmon.jobspec import RLIMIT, jobspec, resource_set
 from fluxmon.sources import Downstream
 
@@ -77,6 +84,9 @@ _QUEUES: Final = (
     _Queue("gpu", _GPU_RANKS, 0.08, 300.0, 1.5, True),
 )
 _QUEUE_WEIGHTS: Final = tuple(q.weight for q in _QUEUES)
+#: Each queue's ``requires`` (instance config ``[queues.NAME] requires``): a property
+#: named after the queue, which the instance R gives to the queue's nodes.
+QUEUE_REQUIRES: Final[Mapping[str, tuple[str, ...]]] = {q.name: (q.name,) for q in _QUEUES}
 
 
 @dataclass(frozen=True)
@@ -724,10 +734,63 @@ class _Cluster:
             self.gpus[rank].update(gpus)
 
 
+# --- the resource life --------------------------------------------------------------
+
+#: Mean time between two resource incidents, in unscaled seconds (the simulation's
+#: scale speeds it up with the jobs).
+_INCIDENT_GAP: Final = 300.0
+#: Most nodes in an incident at once (the long drain aside), and GPU nodes among them.
+_MAX_INCIDENT_NODES: Final = 4
+_MAX_INCIDENT_GPU_NODES: Final = 1
+Incident = Literal["repair", "nhc", "firmware", "panic", "torpid"]
+_INCIDENTS: Final[tuple[Incident, ...]] = get_args(Incident)
+_INCIDENT_WEIGHTS: Final = (0.45, 0.2, 0.12, 0.13, 0.1)
+#: How long before the start the instance was started (the journal's ``restart``).
+_UPTIME_S: Final = _UPTIME_MS / 1000.0
+
+
+def _repair_reason(rng: random.Random, rank: int) -> str:
+    """Why a node is drained for a hardware repair."""
+    if rank in _GPU_RANKS and rng.random() < 0.4:
+        return rng.choice(("nhc: nvidia-smi failed", "GPU fell off the bus"))
+    return rng.choice(("bad dimm", f"ECC errors on {_host(rank)}", "bad dimm", "fan failure"))
+
+
+def instance_R() -> dict[str, Any]:
+    """The instance's RFC 20 R, as ``resource-define`` carries it beside its context.
+
+    Ranks 0-11 have 8 cores, 12-15 8 cores and 2 GPUs; each queue's nodes have a
+    property named after it (``execution.properties``, an idset per property).
+    """
+    return {
+        "version": 1,
+        "execution": {
+            "R_lite": [
+                {"rank": _idset(_CPU_RANKS), "children": {"core": f"0-{CORES_PER_NODE - 1}"}},
+                {
+                    "rank": _idset(_GPU_RANKS),
+                    "children": {
+                        "core": f"0-{CORES_PER_NODE - 1}",
+                        "gpu": f"0-{GPUS_PER_NODE - 1}",
+                    },
+                },
+            ],
+            "nodelist": [_hostlist(range(NODES))],
+            "properties": {q.name: _idset(q.ranks) for q in _QUEUES},
+            "starttime": 0.0,
+            "expiration": 0.0,
+        },
+    }
+
+
 # --- the simulation ----------------------------------------------------------------
 
 Phase = Literal["depend", "held", "pending", "running", "done"]
-Action = Literal["arrive", "schedule", "free", "release-hold", "cancel-pending"]
+Action = Literal[
+    "arrive", "schedule", "free", "release-hold", "cancel-pending", "incident", "resource"
+]
+#: What the simulation hands out: job events and resource events, in timestamp order.
+Event = JobEvent | ResourceEvent
 
 
 @dataclass
@@ -745,11 +808,12 @@ class _Job:
 
 
 class _Simulation:
-    """A discrete-event simulation of arrivals, a scheduler and job lifecycles.
+    """A discrete-event simulation of arrivals, a scheduler, job lifecycles and nodes.
 
-    Control actions (arrivals, scheduler passes, frees, hold releases, cancels) are
-    processed in time order; each writes job events no earlier than its own time, so
-    events up to the next action's time can be handed out in timestamp order.
+    Control actions (arrivals, scheduler passes, frees, hold releases, cancels,
+    resource incidents and their steps) are processed in time order; each writes
+    events no earlier than its own time, so events up to the next action's time can be
+    handed out in timestamp order. The resource life draws from its own generator.
     """
 
     def __init__(self, seed: int, rate: float, start: float) -> None:
@@ -764,13 +828,25 @@ class _Simulation:
         self.pending: list[int] = []  # schedulable jobids; FIFO is jobid order
         self.running: dict[int, _Job] = {}
         self.actions: list[tuple[float, int, Action, int]] = []
-        self.out: list[tuple[float, int, JobEvent]] = []
+        self.out: list[tuple[float, int, Event]] = []
         self.seq = itertools.count()
         self.recent: list[int] = []  # recently submitted jobids, dependency parents
         self.schedule_queued_at = -math.inf
         self._at(start + self.rng.expovariate(rate), "arrive", 0)
+        # The resource life.
+        self.res_rng = random.Random(f"fluxmon-demo-resources-{seed}")
+        self.offline: set[int] = set()
+        self.drained: set[int] = set()
+        self.torpid: set[int] = set()
+        self.incident: set[int] = set()  # ranks in an incident (the long drain too)
+        self.long_drained = -1
+        self.steps: dict[int, Callable[[float], None]] = {}
+        self.last_alloc = -math.inf  # newest alloc timestamp written
+        self.history = self._resource_history(start)
+        gap = _INCIDENT_GAP * self.scale
+        self._at(start + self.res_rng.uniform(0.1, 0.5) * gap, "incident", 0)
 
-    def events(self) -> Iterator[JobEvent]:
+    def events(self) -> Iterator[Event]:
         while True:
             when, _, action, jobid = heapq.heappop(self.actions)
             while self.out and self.out[0][0] <= when:
@@ -896,18 +972,20 @@ class _Simulation:
         they fit now and end before the blocked job could start.
         """
         shadow: dict[tuple[int, ...], float] = {}
+        usable_ranks = {q.ranks: self._usable(q.ranks) for q in _QUEUES}
         t = now + self.rng.uniform(0.002, 0.006)
         for jobid in self.pending[:_SCHED_DEPTH]:
             job = self.jobs[jobid]
             if job.last_ts > now:  # its priority event is still to come
                 continue
             ranks = job.plan.queue.ranks
-            alloc = self.cluster.place(job.plan.request, ranks)
+            usable = usable_ranks[ranks]
+            alloc = self.cluster.place(job.plan.request, usable)
             if ranks in shadow:
                 if alloc is None or t + job.plan.estimate > shadow[ranks]:
                     continue
             elif alloc is None:
-                shadow[ranks] = self._shadow_time(job.plan.request, ranks)
+                shadow[ranks] = self._shadow_time(job.plan.request, usable)
                 continue
             self._start(job, alloc, t)
             t += self.rng.uniform(0.0002, 0.0008)
@@ -929,9 +1007,194 @@ class _Simulation:
         script = self._script(job, t)
         _run_script(script, job.plan, alloc, starttime=script.t - 0.0005)
         self._emit(job, script)
+        self.last_alloc = max(self.last_alloc, script.events[0].timestamp)
         job.free_at = next(e.timestamp for e in script.events if e.name == "free")
         self.running[job.plan.jobid] = job
         self._at(job.free_at, "free", job.plan.jobid)
+
+    # -- the resource life ---------------------------------------------------------
+
+    def _usable(self, ranks: tuple[int, ...]) -> tuple[int, ...]:
+        """The ranks the scheduler may place on: not drained, offline or torpid."""
+        down = self.drained | self.offline | self.torpid
+        return tuple(r for r in ranks if r not in down) if down else ranks
+
+    def _idle(self, rank: int) -> bool:
+        return len(self.cluster.cores[rank]) == CORES_PER_NODE
+
+    def _resource_history(self, start: float) -> list[ResourceEvent]:
+        """The journal's history at connect.
+
+        The instance started a day ago; one node was drained hours ago and is still
+        waiting for its part.
+        """
+        rng = self.res_rng
+        boot = start - _UPTIME_S
+        everyone = _idset(range(NODES))
+        restart = {"ranks": everyone, "online": "", "nodelist": _hostlist(range(NODES))}
+        history = [
+            ResourceEvent("restart", boot, restart),
+            ResourceEvent(
+                "resource-define", boot + 0.00003, {"method": "configuration", "R": instance_R()}
+            ),
+            ResourceEvent("online", boot + rng.uniform(0.2, 0.3), {"idset": "0"}),
+            ResourceEvent(
+                "online", boot + rng.uniform(0.9, 1.4), {"idset": _idset(range(1, NODES))}
+            ),
+        ]
+        rank = rng.choice(_CPU_RANKS)
+        since = start - rng.uniform(2.0, 20.0) * 3600.0
+        history.append(ResourceEvent("drain", since, self._drain_context([rank], "bad dimm")))
+        self.drained.add(rank)
+        self.incident.add(rank)
+        self.long_drained = rank
+        self._later(start + rng.uniform(1.0, 3.0) * 3600.0 * self.scale, self._long_drain_over)
+        return history
+
+    def _later(self, when: float, step: Callable[[float], None]) -> None:
+        key = next(self.seq)
+        self.steps[key] = step
+        self._at(when, "resource", key)
+
+    def _resource_step(self, now: float, key: int) -> None:
+        self.steps.pop(key)(now)
+
+    def _post(self, now: float, name: str, context: Mapping[str, Any]) -> None:
+        """Write a resource event at ``now``, after every alloc already written.
+
+        A job placed before a node went away keeps its place, so its alloc comes first.
+        """
+        ts = max(now, self.last_alloc + 0.00001)
+        heapq.heappush(self.out, (ts, next(self.seq), ResourceEvent(name, ts, context)))
+
+    @staticmethod
+    def _drain_context(ranks: Sequence[int], reason: str) -> dict[str, Any]:
+        """``flux resource drain`` as drain.c posts it (``overwrite`` 0: the default)."""
+        idset, nodelist = _idset(ranks), _hostlist(ranks)
+        return {"idset": idset, "nodelist": nodelist, "overwrite": 0, "reason": reason}
+
+    def _drain(self, now: float, ranks: Sequence[int], reason: str) -> None:
+        self._post(now, "drain", self._drain_context(ranks, reason))
+        self.drained.update(ranks)
+
+    def _undrain(self, now: float, ranks: Sequence[int]) -> None:
+        context = {"idset": _idset(ranks), "nodelist": _hostlist(ranks), "overwrite": 0}
+        self._post(now, "undrain", context)
+        self.drained.difference_update(ranks)
+        self._request_schedule(now)
+
+    def _set_offline(self, now: float, ranks: Sequence[int]) -> None:
+        self._post(now, "offline", {"idset": _idset(ranks)})
+        self.offline.update(ranks)
+
+    def _set_online(self, now: float, ranks: Sequence[int]) -> None:
+        self._post(now, "online", {"idset": _idset(ranks)})
+        self.offline.difference_update(ranks)
+        self._request_schedule(now)
+
+    def _over(self, ranks: Sequence[int]) -> None:
+        """An incident ended: its nodes may have another."""
+        self.incident.difference_update(ranks)
+
+    def _long_drain_over(self, now: float) -> None:
+        """The part arrived: another node starts waiting for one, this one is undrained."""
+        rng = self.res_rng
+        old = self.long_drained
+        candidates = [r for r in _CPU_RANKS if r not in self.incident]
+        if candidates:
+            rank = rng.choice(candidates)
+            self._drain(now, [rank], "bad dimm")
+            self.incident.add(rank)
+            self.long_drained = rank
+        self._undrain(now + 0.00002, [old])
+        self._over([old])
+        self._later(now + rng.uniform(1.0, 3.0) * 3600.0 * self.scale, self._long_drain_over)
+
+    def _candidates(self) -> list[int]:
+        """Ranks that may have an incident now (respecting the caps)."""
+        busy = self.incident - {self.long_drained}
+        if len(busy) >= _MAX_INCIDENT_NODES:
+            return []
+        gpu_busy = sum(r in _GPU_RANKS for r in busy) >= _MAX_INCIDENT_GPU_NODES
+        return [
+            r for r in range(NODES) if r not in self.incident and not (gpu_busy and r in _GPU_RANKS)
+        ]
+
+    def _incident(self, now: float, _: int) -> None:
+        """Something happens to a node (or two); the next incident is drawn."""
+        rng = self.res_rng
+        s = self.scale
+        self._at(now + rng.expovariate(1.0 / (_INCIDENT_GAP * s)), "incident", 0)
+        candidates = self._candidates()
+        if not candidates:
+            return
+        kind = rng.choices(_INCIDENTS, weights=_INCIDENT_WEIGHTS)[0]
+        rank = rng.choice(candidates)
+        if kind == "panic":
+            idle = [r for r in candidates if self._idle(r)]
+            if idle:
+                self._panic(now, rng.choice(idle))
+                return
+            kind = "repair"  # no idle node to crash: a node is drained instead
+        if kind == "firmware":
+            ranks = [rank]
+            if rank + 1 in candidates and (rank + 1 in _GPU_RANKS) == (rank in _GPU_RANKS):
+                ranks.append(rank + 1)  # the two nodes of a chassis
+            self._firmware(now, ranks)
+        elif kind == "torpid":
+            self.incident.add(rank)
+            self._post(now, "torpid", {"idset": str(rank)})
+            self.torpid.add(rank)
+            self._later(now + rng.uniform(20.0, 90.0) * s, lambda t: self._lively(t, rank))
+        else:
+            if kind == "nhc":
+                reason, repair = "nhc: /tmp full", rng.uniform(120.0, 360.0)
+            else:
+                reason, repair = _repair_reason(rng, rank), rng.uniform(300.0, 1200.0)
+            self.incident.add(rank)
+            self._drain(now, [rank], reason)
+            self._later(now + repair * s, lambda t: self._repaired(t, [rank]))
+
+    def _repaired(self, now: float, ranks: Sequence[int]) -> None:
+        self._undrain(now, ranks)
+        self._over(ranks)
+
+    def _lively(self, now: float, rank: int) -> None:
+        self._post(now, "lively", {"idset": str(rank)})
+        self.torpid.discard(rank)
+        self._over([rank])
+        self._request_schedule(now)
+
+    def _firmware(self, now: float, ranks: list[int]) -> None:
+        """Drained for a firmware update; rebooted once its jobs are done, then undrained."""
+        rng = self.res_rng
+        s = self.scale
+        self.incident.update(ranks)
+        self._drain(now, ranks, "admin: firmware update")
+
+        def reboot(t: float) -> None:
+            if not all(self._idle(r) for r in ranks):  # wait for the running jobs
+                self._later(t + rng.uniform(10.0, 30.0) * s, reboot)
+                return
+            self._set_offline(t, ranks)
+            back = t + rng.uniform(180.0, 360.0) * s
+            self._later(back, lambda t: self._set_online(t, ranks))
+            self._later(back + rng.uniform(30.0, 120.0) * s, lambda t: self._repaired(t, ranks))
+
+        self._later(now + rng.uniform(20.0, 60.0) * s, reboot)
+
+    def _panic(self, now: float, rank: int) -> None:
+        """An idle node crashes: offline, drained by the admin, rebooted, undrained."""
+        rng = self.res_rng
+        s = self.scale
+        self.incident.add(rank)
+        self._set_offline(now, [rank])
+        drained = now + rng.uniform(10.0, 60.0) * s
+        back = drained + rng.uniform(180.0, 600.0) * s
+        undrained = back + rng.uniform(60.0, 300.0) * s
+        self._later(drained, lambda t: self._drain(t, [rank], "kernel panic"))
+        self._later(back, lambda t: self._set_online(t, [rank]))
+        self._later(undrained, lambda t: self._repaired(t, [rank]))
 
     _ACTIONS: Final[Mapping[Action, Callable[[_Simulation, float, int], None]]] = {
         "arrive": _arrive,
@@ -939,16 +1202,33 @@ class _Simulation:
         "free": _free,
         "release-hold": _release_hold,
         "cancel-pending": _cancel_pending,
+        "incident": _incident,
+        "resource": _resource_step,
     }
 
 
-def simulate(*, seed: int, rate: float, start: float) -> Iterator[JobEvent]:
-    """An endless stream of a simulated cluster's job events, in timestamp order.
+@dataclass(frozen=True)
+class SimulatedCluster:
+    """The resource journal's history at ``start``, and the endless stream from there."""
+
+    history: list[ResourceEvent]
+    events: Iterator[Event]
+
+
+def simulate_cluster(*, seed: int, rate: float, start: float) -> SimulatedCluster:
+    """A simulated cluster: its resource history, then its job and resource events.
 
     Jobs arrive as a Poisson process of ``rate`` jobs per second from ``start``;
-    timestamps are simulated seconds. The stream depends only on the arguments.
+    timestamps are simulated seconds. Everything depends only on the arguments.
     """
-    return _Simulation(seed, rate, start).events()
+    simulation = _Simulation(seed, rate, start)
+    return SimulatedCluster(simulation.history, simulation.events())
+
+
+def simulate(*, seed: int, rate: float, start: float) -> Iterator[JobEvent]:
+    """The job events of :func:`simulate_cluster`, in timestamp order."""
+    events = simulate_cluster(seed=seed, rate=rate, start=start).events
+    return (event for event in events if isinstance(event, JobEvent))
 
 
 # --- the live source -----------------------------------------------------------------
@@ -971,22 +1251,38 @@ class DemoSource:
         self._clock = clock
 
     def run(self, downstream: Downstream, stop: threading.Event) -> None:
-        """Deliver events as the clock reaches them until ``stop`` is set."""
+        """Deliver events as the clock reaches them until ``stop`` is set.
+
+        At connect, as the Flux source does: the resource mode, each queue's required
+        node properties and the resource journal's history; the jobs have no history.
+        """
         downstream.connected(
             f"demo: simulated Flux workload, seed={self.seed}, rate={self.rate:g} jobs/s"
         )
-        downstream.caught_up()  # a simulation has no history
-        events = simulate(seed=self.seed, rate=self.rate, start=self._clock())
+        cluster = simulate_cluster(seed=self.seed, rate=self.rate, start=self._clock())
+        downstream.resource_mode("journal")
+        downstream.declare_queue_nodes(QUEUE_REQUIRES)
+        downstream.resource_events(cluster.history, live=False)
+        downstream.caught_up()
+        events = cluster.events
         upcoming = next(events)
         while not stop.is_set():
             downstream.heartbeat()
             now = self._clock()
-            batch: list[JobEvent] = []
+            batch: list[Event] = []
             while upcoming.timestamp <= now and len(batch) < _MAX_BATCH:
                 batch.append(upcoming)
                 upcoming = next(events)
-            if batch:
-                downstream.events(batch, live=True)
+            _deliver(downstream, batch)
             if len(batch) < _MAX_BATCH:
                 pause = min(max(upcoming.timestamp - now, _MIN_PAUSE), _MAX_PAUSE)
                 stop.wait(pause)
+
+
+def _deliver(downstream: Downstream, batch: Sequence[Event]) -> None:
+    """Hand over a batch in order: each run of job or resource events in one call."""
+    for is_job, run in itertools.groupby(batch, key=lambda e: isinstance(e, JobEvent)):
+        if is_job:
+            downstream.events([e for e in run if isinstance(e, JobEvent)], live=True)
+        else:
+            downstream.resource_events([e for e in run if isinstance(e, ResourceEvent)], live=True)
