@@ -1393,6 +1393,33 @@ NOW = 1_796_000_000.0
         ),
         pytest.param("[1795880016.5, 0.0]", "not a JSON object but list", id="list"),
         pytest.param("[" * 100_000, "", id="deep"),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": 0.0, "active": [[1, 0, 2.5]]}}',
+            "active has [1, 0, 2.5], not [jobid, main, timestamp]",
+            id="active-count-0",
+        ),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": 0.0, "finished": [[1, 2, true]]}}',
+            "finished has [1, 2, true]",
+            id="finished-bool",
+        ),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": 0.0, "finished": '
+            f"[{', '.join(['[1, 2, 3.5]'] * 1025)}]}}",
+            "finished is not a list of at most 1024",
+            id="finished-too-many",
+        ),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": 0.0, "resources_since": NaN}}',
+            "resources_since is NaN",
+            id="resources-nan",
+        ),
+        pytest.param(
+            f'{{"version": 1, "since": {NOW}, "exec_since": 0.0, '
+            f'"resources_since": {NOW + 7200.0}}}',
+            "resources_since is 7200 s in the future",
+            id="resources-future",
+        ),
     ],
 )
 def test_a_checkpoint_fluxmon_did_not_write_is_not_trusted(
@@ -1407,6 +1434,20 @@ def test_a_checkpoint_fluxmon_did_not_write_is_not_trusted(
     assert record["msg"] == "checkpoint.invalid"
     assert record["path"] == str(tmp_path / "fluxmon.checkpoint.json")
     assert problem in record["error"]
+
+
+def test_fingerprints_and_the_resource_position_round_trip(tmp_path: Path) -> None:
+    """What save writes of jobs' fingerprints and of the resource stream, load reads back."""
+    log = build(make_settings(), io.StringIO(), clock=None).log
+    active, finished = {7: (3, NOW - 2.5)}, {8: (9, NOW - 4.5), 9: (1, NOW - 9.0)}
+    Checkpoint(tmp_path).save(
+        NOW, NOW, log, submits=NOW, jobs={7: (3, 1)},
+        fingerprints=(active, finished), resource_since=NOW - 1.0,
+    )  # fmt: skip
+    loaded = Checkpoint(tmp_path)
+    assert loaded.load(log, NOW) == (NOW, NOW)
+    assert (loaded.active, loaded.finished) == (active, finished)
+    assert loaded.resource_since == NOW - 1.0
 
 
 def test_a_checkpoint_within_the_skew_and_written_by_save_is_trusted(tmp_path: Path) -> None:
