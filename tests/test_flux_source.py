@@ -44,7 +44,6 @@ from tests.fakeflux import (
     NS_RACE,
     FakeBindings,
     FakeBroker,
-    FakeFuture,
     FakeJob,
     FakeRPC,
     VirtualStop,
@@ -250,19 +249,27 @@ def assert_results(run: Run, jobids: Iterable[int]) -> None:
 # -- journal mode on the recorded journal ----------------------------------------------------
 
 
-def test_journal_history_is_silent_and_ready_comes_at_the_sentinel() -> None:
-    """History rebuilds state without counting or logging; ready turns 1 at the sentinel."""
+def test_journal_history_is_silent_and_ready_comes_at_the_sentinel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """History rebuilds state without counting or logging; ready turns 1 at the sentinel.
+
+    Each journal response is probed as it is read (several are read per callback when
+    they are queued together).
+    """
     broker, history_ids = broker_from_raw_journal()
     seen: list[tuple[int, bool, float | None]] = []
     registry_probe: list[Run] = []
+    read = FakeRPC.get
 
-    def before(fut: FakeFuture) -> None:
-        if isinstance(fut, FakeRPC) and fut.kind == "journal" and registry_probe:
-            payload = fut.get()
+    def probed(fut: FakeRPC) -> Any:
+        payload = read(fut)
+        if fut.kind == "journal" and registry_probe:
             ready = registry_probe[0].sample("fluxmon_ready")
             seen.append((payload["id"], registry_probe[0].parts.pipeline.is_ready, ready))
+        return payload
 
-    broker.before_callback = before
+    monkeypatch.setattr(FakeRPC, "get", probed)
     # Build the parts first so the probe can read them during the run.
     stop = VirtualStop(broker)
     broker.stop_when_idle(stop)

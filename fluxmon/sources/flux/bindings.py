@@ -59,6 +59,9 @@ class RPCFuture(Protocol):
     def reset(self) -> None:
         """Re-arm for the next response."""
 
+    def is_ready(self) -> bool:
+        """The next response is already here (after ``reset``: another was queued)."""
+
 
 class WatchFuture(Protocol):
     """A ``flux.job.event.JobEventWatchFuture``."""
@@ -176,6 +179,10 @@ class _FastRPC(_CFuture):
     def reset(self) -> None:
         """Re-arm for the next response."""
         self._lib.flux_future_reset(self._handle)
+
+    def is_ready(self) -> bool:
+        """The next response is already here (a reset moved a queued one in)."""
+        return bool(self._lib.flux_future_is_ready(self._handle))
 
 
 class _FastWatch(_CFuture):

@@ -35,6 +35,10 @@ _REFUSALS = {
 JOURNAL_SINCE: Final = (0, 61)
 
 
+#: Most journal responses taken in one callback before the reactor runs again.
+MAX_TAKEN: Final = 256
+
+
 def has_journal(flux_version: str) -> bool:
     """The broker's flux-core (``0.88.0-59-g4a5e79f56``) has the events-journal (False: unknown)."""
     match = re.match(r"v?(\d+)\.(\d+)", flux_version)
@@ -161,16 +165,33 @@ class JournalMode:
         self._connection.go_live()
 
     def _on_response(self, future: RPCFuture) -> None:
+        """Take every response already here, then deliver their live events as one batch.
+
+        The journal sends one response per event; at a busy broker several are queued
+        by the time the reactor calls back, and one delivery for all of them costs the
+        pipeline's per-batch work (lock, log hand-over, checkpoint position) once.
+        """
+        live: list[JobEvent] = []
+        try:
+            for _ in range(MAX_TAKEN):  # then back to the reactor (timers, watches)
+                if not self._take(future, live) or not future.is_ready():
+                    break
+        finally:
+            if live:
+                self._delivery.deliver_main(live, live=True)
+
+    def _take(self, future: RPCFuture, live: list[JobEvent]) -> bool:
+        """Handle one response (live events are added to ``live``); False: stop taking."""
         connection = self._connection
         try:
             response = future.get()
         except OSError as err:
             self._on_error(err)
-            return
+            return False
         except (ValueError, RecursionError) as err:  # a payload that does not decode
             future.reset()
             self._malformed(f"journal response: {err}")
-            return
+            return True
         future.reset()
         if self._responses == 0:
             connection.downstream.connected(
@@ -180,15 +201,15 @@ class JournalMode:
         self._responses += 1
         if not isinstance(response, dict):
             self._malformed(f"journal response is not an object: {shown(response)}")
-            return
+            return True
         jobid = response.get("id")
         entries = response.get("events")
         if jobid == -1 and not entries:
             self._history_complete()
-            return
+            return False  # what follows the sentinel starts a batch of its own
         if type(jobid) is not int or jobid < 0 or not isinstance(entries, list):
             self._malformed(f"journal response without id/events: {shown(response)}")
-            return
+            return True
         batch: list[JobEvent] = []
         for entry in entries:
             event = to_event(connection.downstream, jobid, MAIN, entry, response)
@@ -197,8 +218,9 @@ class JournalMode:
         if self._history is not None:
             self._history_jobs.add(jobid)
             self._history.extend(batch)
-            return
-        self._delivery.deliver_main(batch, live=True)
+            return True
+        live.extend(batch)
+        return True
 
     def _malformed(self, detail: str) -> None:
         refuse(self._connection.downstream, detail)
