@@ -72,6 +72,24 @@ class TextEncoder:
                 out.append(generate_latest(_One(metric)).decode("utf-8"))
         return "".join(out).encode("utf-8")
 
+    def _label_text(self, labels: dict[str, str]) -> str | None:
+        """``{k="v",...}`` sorted by name, rendered once per label set.
+
+        None for a name that is not a legacy Prometheus label name (the general path).
+        """
+        items = tuple(labels.items())
+        text = self._labels.get(items)
+        if text is None:
+            if not all(_LEGACY_LABEL.match(key) for key, _ in items):
+                return None
+            text = (
+                "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(items)) + "}"
+                if items
+                else ""
+            )
+            self._labels[items] = text
+        return text
+
     def _fast(self, metric: Metric, out: list[str]) -> bool:
         """Append the family; False (nothing appended) if it needs the general path."""
         name, mtype = metric.name, metric.type
@@ -85,24 +103,13 @@ class TextEncoder:
             return False
         lines: list[str] = []
         extra: dict[str, list[str]] = {}
-        cache = self._labels
-        if len(cache) > MAX_CACHED:
-            cache.clear()
+        if len(self._labels) > MAX_CACHED:
+            self._labels.clear()
         for sample in metric.samples:
             sname = sample.name
-            if not _LEGACY_NAME.match(sname):
+            labels = self._label_text(sample.labels)
+            if labels is None or not _LEGACY_NAME.match(sname):
                 return False
-            items = tuple(sample.labels.items())
-            labels = cache.get(items)
-            if labels is None:
-                if not all(_LEGACY_LABEL.match(key) for key, _ in items):
-                    return False
-                labels = (
-                    "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(items)) + "}"
-                    if items
-                    else ""
-                )
-                cache[items] = labels
             stamp = sample.timestamp
             tail = "" if stamp is None else f" {int(float(stamp) * 1000):d}"
             line = f"{sname}{labels} {_go_float(sample.value)}{tail}\n"
@@ -147,24 +154,13 @@ class OpenMetricsEncoder(TextEncoder):
         lines = [f"# HELP {name} {_escape(metric.documentation)}\n# TYPE {name} {metric.type}\n"]
         if metric.unit:
             lines.append(f"# UNIT {name} {metric.unit}\n")
-        cache = self._labels
-        if len(cache) > MAX_CACHED:
-            cache.clear()
+        if len(self._labels) > MAX_CACHED:
+            self._labels.clear()
         for sample in metric.samples:
             sname = sample.name
-            if sample.native_histogram or not _LEGACY_LABEL.match(sname):
+            labels = self._label_text(sample.labels)
+            if labels is None or sample.native_histogram or not _LEGACY_LABEL.match(sname):
                 return False
-            items = tuple(sample.labels.items())
-            labels = cache.get(items)
-            if labels is None:
-                if not all(_LEGACY_LABEL.match(key) for key, _ in items):
-                    return False
-                labels = (
-                    "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(items)) + "}"
-                    if items
-                    else ""
-                )
-                cache[items] = labels
             exemplar = (
                 om._compose_exemplar_string(  # type: ignore[no-untyped-call]
                     metric, sample, sample.exemplar
