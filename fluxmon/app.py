@@ -36,7 +36,15 @@ from fluxmon.exitcodes import (
     EX_UNAVAILABLE,
 )
 from fluxmon.http import MetricsServer, format_address
-from fluxmon.logs import DROP_REASONS, LineWriter, LogOptions, LogSink, ResourceLogSink, make_logger
+from fluxmon.logs import (
+    DROP_REASONS,
+    HotRecords,
+    LineWriter,
+    LogOptions,
+    LogSink,
+    ResourceLogSink,
+    make_logger,
+)
 from fluxmon.metrics import (
     Buckets,
     JobMetrics,
@@ -126,7 +134,7 @@ def build(settings: Settings, log_stream: TextIO, *, clock: Callable[[], float] 
     writer.on_recovered = recovered
     cap = LabelCap(m.label_cap, self_metrics.label_overflow, declared_by(m))
     metrics_sink = MetricsSink(job_metrics, self_metrics, cap, exemplars=m.exemplars)
-    log_sink = LogSink(log, events=settings.log.events == "all")
+    log_sink = LogSink(log, events=settings.log.events == "all", hot=HotRecords(writer, options))
     resource_metrics = ResourceMetrics(registry, cap, exemplars=m.exemplars)
     resources = ResourceTracker([resource_metrics, ResourceLogSink(log)])
     tracker = Tracker([metrics_sink, log_sink, resources])

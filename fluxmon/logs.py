@@ -16,7 +16,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -475,6 +475,41 @@ class LogOptions:
         """The last processor: render in the format."""
         return self._now[1](logger, method, event_dict)
 
+    @property
+    def now(self) -> tuple[int, structlog.typing.Processor]:
+        """The level (a number) and the renderer in force, read together."""
+        return self._now
+
+
+#: The record timestamp every logger adds (``ts``: ISO 8601, UTC).
+_STAMPER: Final = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
+
+
+class HotRecords:
+    """Writes ``job.event`` records without structlog's processor chain (the hot path).
+
+    A record comes out byte for byte as ``log.info("job.event", **fields)`` through
+    :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``, in
+    that order, filtered and rendered by the same :class:`LogOptions`); at one record
+    per event, the chain's generic steps were a tenth of fluxmon's CPU.
+    """
+
+    __slots__ = ("_options", "_writer")
+
+    def __init__(self, writer: LineWriter, options: LogOptions) -> None:
+        self._writer = writer
+        self._options = options
+
+    def job_event(self, fields: dict[str, Any]) -> None:
+        """Write one ``job.event`` record of ``fields`` (consumed)."""
+        level, render = self._options.now
+        if level > logging.INFO:
+            return
+        fields["level"] = "info"
+        _STAMPER(None, "info", fields)
+        fields["msg"] = "job.event"
+        self._writer.msg(cast(str, render(None, "info", fields)))  # both renderers: str
+
 
 def make_logger(
     stream: TextIO | LineWriter,
@@ -496,7 +531,7 @@ def make_logger(
         processors=[
             *first,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _STAMPER,
             structlog.processors.EventRenamer("msg"),
             structlog.processors.format_exc_info,
             _classified(renderer),
@@ -575,9 +610,13 @@ class LogSink(NullSink):
     #: This sink's ``where`` in ``fluxmon_internal_errors_total``.
     kind: Final = "logs"
 
-    def __init__(self, log: FilteringBoundLogger, *, events: bool = True) -> None:
+    def __init__(
+        self, log: FilteringBoundLogger, *, events: bool = True, hot: HotRecords | None = None
+    ) -> None:
+        """``hot`` writes the ``job.event`` records (None: through ``log``)."""
         self._log = log
         self._events = events
+        self._hot = hot
 
     def set_events(self, on: bool) -> None:
         """Turn ``job.event`` records on or off from the next event (a reload)."""
@@ -587,19 +626,23 @@ class LogSink(NullSink):
         """One ``job.event`` record per event (unless per-event logs are off)."""
         if not self._events:
             return
-        self._log.info(
-            "job.event",
-            jobid=job.f58,
-            id=job.jobid,
-            userid=job.userid,
-            queue=job.queue,
-            eventlog=EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
-            seq=job.seq,
-            name=event.name,
-            event_ts=event.timestamp,
-            state=job.state,
-            **flatten_context(event.context),
-        )
+        fields = {
+            "jobid": job.f58,
+            "id": job.jobid,
+            "userid": job.userid,
+            "queue": job.queue,
+            "eventlog": EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+            "seq": job.seq,
+            "name": event.name,
+            "event_ts": event.timestamp,
+            "state": job.state,
+        }
+        if event.context:
+            fields.update(flatten_context(event.context))
+        if self._hot is not None:
+            self._hot.job_event(fields)
+        else:
+            self._log.info("job.event", **fields)
 
     def job_finished(self, job: Job) -> None:
         """One ``job.finished`` record, the job's record of account."""

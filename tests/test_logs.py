@@ -280,3 +280,32 @@ def test_after_written_keeps_only_the_newest_of_marks_due_together() -> None:
     broken.after_written(lambda: ran.append(99))
     broken.close()
     assert ran == [4]
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_hot_job_event_records_equal_the_structlog_chains(fmt: str) -> None:
+    """The hot path writes what ``log.info("job.event", ...)`` through the chain writes."""
+    import re
+
+    from fluxmon.logs import HotRecords, LineWriter, LogOptions, LogSink, make_logger
+    from fluxmon.testing import ev
+    from fluxmon.tracker import Tracker
+
+    def run(hot: bool) -> str:
+        stream = io.StringIO()
+        writer = LineWriter(stream)
+        options = LogOptions(fmt, "info")  # type: ignore[arg-type]
+        log = make_logger(writer, options=options)
+        sink = LogSink(log, hot=HotRecords(writer, options) if hot else None)
+        tracker = Tracker([sink])
+        spec = {"attributes": {"system": {"queue": 'q "x"'}}}
+        tracker.apply(ev(1, "submit", 10.0, jobspec=spec, userid=5, urgency=16))
+        tracker.apply(ev(1, "alloc", 11.0, annotations={"sched": {"a": [1, 2]}}, **{"k-y": "v\n"}))
+        tracker.apply(ev(1, "exception", 12.0, type="custom", severity=1, note="ünï \ud800"))
+        options.set(fmt, "warning")  # a reload: info records are dropped from now on
+        tracker.apply(ev(1, "start", 13.0))
+        return re.sub(r'(?<![\w])ts(=\S+|": "[^"]*")', "ts", stream.getvalue())
+
+    hot, chain = run(True), run(False)
+    assert hot == chain
+    assert hot.count("job.event") == 3
