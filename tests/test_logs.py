@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fluxmon.app import build
-from fluxmon.config import LogLevel
+from fluxmon.config import LogFormat, LogLevel
 from fluxmon.events import EMPTY_CONTEXT, MAIN, JobEvent
 from fluxmon.logs import LineWriter, flatten_context, make_logger
 from fluxmon.sources.replay import read_events
@@ -283,24 +283,25 @@ def test_after_written_keeps_only_the_newest_of_marks_due_together() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
-def test_hot_job_event_records_equal_the_structlog_chains(fmt: str) -> None:
+def test_hot_job_event_records_equal_the_structlog_chains(fmt: LogFormat) -> None:
     """The hot path writes what ``log.info("job.event", ...)`` through the chain writes."""
     import re
 
-    from fluxmon.logs import HotRecords, LineWriter, LogOptions, LogSink, make_logger
+    from fluxmon.logs import HotRecords, LogOptions, LogSink
     from fluxmon.testing import ev
     from fluxmon.tracker import Tracker
 
     def run(hot: bool) -> str:
         stream = io.StringIO()
         writer = LineWriter(stream)
-        options = LogOptions(fmt, "info")  # type: ignore[arg-type]
+        options = LogOptions(fmt, "info")
         log = make_logger(writer, options=options)
         sink = LogSink(log, hot=HotRecords(writer, options) if hot else None)
         tracker = Tracker([sink])
         spec = {"attributes": {"system": {"queue": 'q "x"'}}}
         tracker.apply(ev(1, "submit", 10.0, jobspec=spec, userid=5, urgency=16))
-        tracker.apply(ev(1, "alloc", 11.0, annotations={"sched": {"a": [1, 2]}}, **{"k-y": "v\n"}))
+        context = {"annotations": {"sched": {"a": [1, 2]}}, "k-y": "v\n"}
+        tracker.apply(JobEvent(1, MAIN, "alloc", 11.0, context))
         tracker.apply(ev(1, "exception", 12.0, type="custom", severity=1, note="ünï \ud800"))
         options.set(fmt, "warning")  # a reload: info records are dropped from now on
         tracker.apply(ev(1, "start", 13.0))
