@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -115,13 +116,16 @@ class Pipeline:
         """
         self._deadline = self._monotonic() + quiet_for + self.stall_seconds
 
-    def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
-        """Apply a batch of events in order under one lock acquisition."""
-        if not batch:
-            self.heartbeat()
-            return
-        apply = self.tracker.apply
-        # Records are handed over after the lock is released: scrapes never wait on them.
+    def _apply(
+        self,
+        apply: Callable[[Any, bool], object],
+        batch: Sequence[JobEvent] | Sequence[ResourceEvent],
+        live: bool,
+    ) -> float:
+        """Apply a batch in order under one lock acquisition; the newest timestamp seen.
+
+        Records are handed over after the lock is released: scrapes never wait on them.
+        """
         with self._records(), self._lock:
             newest = self._last_ts
             for event in batch:
@@ -131,6 +135,14 @@ class Pipeline:
                     newest = ts
             self._last_ts = newest
         self.heartbeat()
+        return newest
+
+    def events(self, batch: Sequence[JobEvent], *, live: bool = True) -> None:
+        """Apply a batch of events in order under one lock acquisition."""
+        if not batch:
+            self.heartbeat()
+            return
+        newest = self._apply(self.tracker.apply, batch, live)
         count = len(batch)
         if live:
             self._live_events += count
@@ -151,16 +163,7 @@ class Pipeline:
         if not batch:
             self.heartbeat()
             return
-        apply = self.resources.apply
-        with self._records(), self._lock:
-            newest = self._last_ts
-            for event in batch:
-                apply(event, live)
-                ts = event.timestamp
-                if type(ts) is float and ts > newest:
-                    newest = ts
-            self._last_ts = newest
-        self.heartbeat()
+        newest = self._apply(self.resources.apply, batch, live)
         self._self.processed.inc(len(batch))
         self._self.last_event.set(newest)
 

@@ -807,13 +807,13 @@ class FakeBroker:
 
         return act
 
-    def _journals(self) -> list[FakeRPC]:
-        """Live journal streams on connected handles."""
+    def _journals(self, kind: str = "journal") -> list[FakeRPC]:
+        """Live streams of ``kind`` (the job journal, ``resource-journal``) on connected handles."""
         return [
             fut
             for handle in self.handles
             for fut in handle.alive_futures()
-            if isinstance(fut, FakeRPC) and fut.kind == "journal" and fut.live
+            if isinstance(fut, FakeRPC) and fut.kind == kind and fut.live
             and not fut.finished
         ]  # fmt: skip
 
@@ -872,7 +872,7 @@ class FakeBroker:
             resp: dict[str, Any] = {"events": [e]}
             if e["name"] == "resource-define":
                 resp["R"] = R
-            for fut in self._resource_journals():
+            for fut in self._journals("resource-journal"):
                 fut.push(resp)
 
         self.at(when, post)
@@ -883,19 +883,10 @@ class FakeBroker:
         """At ``when``, send ``text`` as it is to every live resource journal."""
 
         def send() -> None:
-            for fut in self._resource_journals():
+            for fut in self._journals("resource-journal"):
                 fut.push(text)
 
         self.at(when, send)
-
-    def _resource_journals(self) -> list[FakeRPC]:
-        return [
-            fut
-            for handle in self.handles
-            for fut in handle.alive_futures()
-            if isinstance(fut, FakeRPC) and fut.kind == "resource-journal" and fut.live
-            and not fut.finished
-        ]  # fmt: skip
 
     def inject_raw(self, when: float, text: str) -> None:
         """At ``when``, send ``text`` as it is (any JSON, or not JSON) to every journal."""

@@ -563,8 +563,21 @@ def test_record_stops_cleanly_on_a_signal(sig: str, tmp_path: Path) -> None:
     assert (progress[-1]["events"], progress[-1]["jobs"]) == (len(lines), 2)
 
 
+# Waits until fluxmon on $port is done: it tracks no job and has no exec watch open (a
+# clean is held while its job's exec watch is open, at most 10 s); its last scrape is
+# left in $out/metrics.txt.
+WAIT_IDLE = r"""
+for i in $(seq 300); do
+  curl -sf 127.0.0.1:$port/metrics > "$out/metrics.txt"
+  grep -qx 'fluxmon_tracked_jobs 0.0' "$out/metrics.txt" \
+    && grep -qx 'fluxmon_watches{eventlog="exec"} 0.0' "$out/metrics.txt" && break
+  sleep 0.1
+done
+"""
+
 # Many short jobs at once under fluxmon, then every job's exec eventlog as Flux has it.
-SHORT_JOBS = r"""
+SHORT_JOBS = (
+    r"""
 set -u
 out=$1; port=$2; n=$3
 "$FLUXMON" run --listen 127.0.0.1:$port -c "$out/fluxmon.toml" > "$out/fluxmon.log" 2>&1 &
@@ -573,20 +586,15 @@ for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sle
 flux submit --cc=1-$n true > "$out/ids" || exit 1
 flux submit --cc=1-$((n / 4)) sleep 0 >> "$out/ids" || exit 1
 for id in $(cat "$out/ids"); do flux job wait-event -t 60 $id clean >/dev/null; done
-# fluxmon is done once it tracks no job and has no exec watch open (a clean is held
-# while its job's exec watch is open, at most 10 s).
-for i in $(seq 300); do
-  curl -sf 127.0.0.1:$port/metrics > "$out/metrics.txt"
-  grep -qx 'fluxmon_tracked_jobs 0.0' "$out/metrics.txt" \
-    && grep -qx 'fluxmon_watches{eventlog="exec"} 0.0' "$out/metrics.txt" && break
-  sleep 0.1
-done
-for id in $(cat "$out/ids"); do
+"""
+    + WAIT_IDLE
+    + r"""for id in $(cat "$out/ids"); do
   dec=$(flux job id --to=dec $id)
   flux job eventlog -f json -p exec $id | sed "s/^/$dec /"
 done > "$out/exec-eventlogs.txt" 2> "$out/eventlog-errors.txt"
 kill -TERM $fm; wait $fm; echo $? > "$out/fluxmon.rc"
 """
+)
 
 
 @pytest.mark.slow
@@ -838,7 +846,8 @@ def test_broker_crash_rollback_records_equal_the_broker_eventlogs(
 
 # fluxmon killed with SIGKILL at a random moment of a 200-job workload, then restarted
 # with the same checkpoint directory; then every job's main eventlog as Flux has it.
-KILLED = r"""
+KILLED = (
+    r"""
 set -u
 out=$1; port=$2; kill_after=$3
 start() {
@@ -862,19 +871,16 @@ wait $sub $sub2
 cat "$out/ids2" >> "$out/ids"
 start second
 for id in $(cat "$out/ids"); do flux job wait-event -t 120 $id clean >/dev/null; done
-for i in $(seq 300); do
-  curl -sf 127.0.0.1:$port/metrics > "$out/metrics.txt"
-  grep -qx 'fluxmon_tracked_jobs 0.0' "$out/metrics.txt" \
-    && grep -qx 'fluxmon_watches{eventlog="exec"} 0.0' "$out/metrics.txt" && break
-  sleep 0.1
-done
-for id in $(cat "$out/ids"); do
+"""
+    + WAIT_IDLE
+    + r"""for id in $(cat "$out/ids"); do
   dec=$(flux job id --to=dec $id)
   flux job eventlog -f json $id | sed "s/^/$dec main /"
   flux job eventlog -f json -p exec $id | sed "s/^/$dec exec /"
 done > "$out/eventlogs.txt" 2> "$out/eventlog-errors.txt"
 kill -TERM $fm; wait $fm; echo $? > "$out/fluxmon.rc"
 """
+)
 
 
 def _job_records(path: Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import itertools
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -256,6 +257,31 @@ def test_resumed_history_newer_than_since_is_live() -> None:
     assert sum(live for _, live in recorder.resources) == len(entries) - connect - 1
 
 
+def test_the_checkpoint_keeps_the_resource_position(tmp_path: Path) -> None:
+    """A run with a checkpoint saves the newest resource entry delivered; a restart resumes it."""
+    from fluxmon.sources.flux.checkpoint import Checkpoint
+
+    broker, entries = recorded_broker()
+    config = settings()
+    parts = build(config, io.StringIO(), clock=None)
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop, after=last_timestamp(entries))
+    source = FluxSource(
+        config.flux, uri="local:///fake", bindings=FakeBindings(broker),
+        stats=parts.self_metrics, log=parts.log, clock=broker.clock, monotonic=broker.clock,
+        rng=random.Random(1), checkpoint=Checkpoint(tmp_path),
+    )  # fmt: skip
+    source.run(parts.pipeline, stop)
+    saved = json.loads((tmp_path / "fluxmon.checkpoint.json").read_text())
+    assert saved["resources_since"] == last_timestamp(entries)
+    again = FluxSource(
+        config.flux, uri="local:///fake", bindings=FakeBindings(broker),
+        stats=parts.self_metrics, log=parts.log, clock=broker.clock,
+        checkpoint=Checkpoint(tmp_path),
+    )  # fmt: skip
+    assert again.resource_memory.since == last_timestamp(entries)
+
+
 def test_broker_restart_counts_only_the_new_run() -> None:
     """After a broker restart the old run's drains are history, the new run's entries live."""
     _, entries = recorded_broker()
@@ -305,7 +331,7 @@ def one(name: str, timestamp: object = 1.0, **context: object) -> str:
         ("not json", "resource journal response:"),
         ('["a list"]', "without events"),
         ('{"events": "x"}', "without events"),
-        ('{"events": [{"timestamp": 1.0}]}', "needs name and timestamp"),
+        ('{"events": [{"timestamp": 1.0}]}', "required: name, timestamp"),
         (one("online", idset="1-x"), "idset"),
         (one("drain", idset="1", reason=7), "reason"),
         (one("resource-define", method="configuration"), "without an R"),

@@ -145,6 +145,9 @@ class Connection:
     save_position: Callable[[Position], None] | None = None
     #: Saves the newest position with the metrics if a save is due (each tick).
     save_due: Callable[[], None] | None = None
+    #: The newest resource event delivered (the resource stream's position, saved with
+    #: each position).
+    resource_position: Callable[[], float] = lambda: 0.0
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

@@ -132,6 +132,7 @@ class EventDelivery:
                 changes,
                 prints,
                 finished,
+                connection.resource_position(),
             )
         )
 

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
 from fluxmon.events import (
-    EMPTY_CONTEXT,
     InvalidEvent,
     ResourceEvent,
     check_text,
     check_timestamp,
     check_tree,
+    resource_entry_event,
     shown,
 )
 from fluxmon.sources.flux.bindings import RPCFuture
@@ -159,16 +159,7 @@ def journal_event(entry: object, R: object = None) -> ResourceEvent:
     """
     if not isinstance(entry, Mapping):
         raise InvalidEvent(f"an entry must be an object, not {shown(entry)}")
-    if "name" not in entry or "timestamp" not in entry:
-        raise InvalidEvent(f"an entry needs name and timestamp: {shown(entry)}")
-    name = check_text(entry["name"], "name")
-    timestamp = check_timestamp(entry["timestamp"])
-    context = entry.get("context")
-    if context is None:
-        context = EMPTY_CONTEXT
-    elif not isinstance(context, Mapping):
-        raise InvalidEvent(f"context must be an object, not {shown(context)}")
-    check_tree(context, "context")
+    name, timestamp, context = resource_entry_event(entry)  # the checks every source makes
     for key in _IDSET_KEYS.get(name, ()):
         parse_idset(context.get(key), f"{name} {key}")
     if name in ("drain", "undrain"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import random
 import threading
 import time
@@ -137,8 +136,6 @@ class FluxSource:
         checkpoint = self.checkpoint
         if checkpoint is None:
             return
-        if self.resource_memory.since != position.resource_since:
-            position = dataclasses.replace(position, resource_since=self.resource_memory.since)
         with self._positions_lock:
             self._positions_seq += 1
             seq = self._positions_seq
@@ -275,6 +272,7 @@ class FluxSource:
             connected_at=connected_at,
             save_position=self.save_position if self.checkpoint is not None else None,
             save_due=self.save_due if self.checkpoint is not None else None,
+            resource_position=lambda: self.resource_memory.since,
         )
 
     def _declare_queues(self, handle: Any, downstream: Downstream) -> None:
