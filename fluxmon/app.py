@@ -179,6 +179,7 @@ def restore_metrics(parts: Parts, saved: object, path: str) -> None:
 
     def warn(problem: str) -> None:
         parts.log.warning("checkpoint.metrics_invalid", path=path, error=problem)
+        parts.self_metrics.checkpoint_errors.labels("metrics_invalid").inc()
 
     series = state.restore(saved, warn)
     state.hide(True)

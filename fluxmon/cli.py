@@ -256,6 +256,9 @@ def _flux_command(args: argparse.Namespace, settings: Settings) -> int:
 
     def served(parts: app.Parts) -> FluxSource:
         """The daemon's source: its checkpoint carries the metrics, restored here."""
+        if checkpoint is not None:
+            errors = parts.self_metrics.checkpoint_errors
+            checkpoint.on_error = lambda kind: errors.labels(kind).inc()
         flux = source(parts.self_metrics, parts.log, parts.writer.after_written)
         if checkpoint is not None:
             app.restore_metrics(parts, checkpoint.metrics, str(checkpoint.path))

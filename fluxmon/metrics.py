@@ -49,6 +49,9 @@ from fluxmon.sources import EXEC_ABANDON_REASONS
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
 
 OTHER: Final = "other"
+#: Kinds of ``fluxmon_checkpoint_errors_total``: the file could not be read, was not what
+#: fluxmon writes, a saved metric family was refused, or a save failed.
+CHECKPOINT_ERRORS: Final = ("unreadable", "invalid", "metrics_invalid", "unwritable")
 #: Open-ended labels whose distinct values are capped.
 CAPPED_LABELS: Final = ("queue", "name", "type", "severity", "returncode", "reason")
 PERILOG_PHASES: Final = ("prolog", "epilog")
@@ -367,6 +370,16 @@ class SelfMetrics:
                 registry=None,
             )
         )
+        self.checkpoint_errors = own.add(
+            Counter(
+                "fluxmon_checkpoint_errors",
+                "Checkpoint files (or saved metric families) not trusted or not written, by kind.",
+                ["kind"],
+                registry=None,
+            )
+        )
+        for kind in CHECKPOINT_ERRORS:
+            self.checkpoint_errors.labels(kind)
         self.processed = own.add(
             Counter("fluxmon_events_processed", "Events received from the source.", registry=None)
         )

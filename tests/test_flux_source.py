@@ -1432,11 +1432,16 @@ NOW = 1_796_000_000.0
 def test_a_checkpoint_fluxmon_did_not_write_is_not_trusted(
     tmp_path: Path, content: str, problem: str
 ) -> None:
-    """A checkpoint off in version, type, range or time is named with its problem and ignored."""
+    """A checkpoint off in version, type, range or time is named with its problem, counted
+    and ignored."""
     (tmp_path / "fluxmon.checkpoint.json").write_text(content)
     stream = io.StringIO()
     log = build(make_settings(), stream, clock=None).log
-    assert Checkpoint(tmp_path).load(log, NOW) == (0.0, 0.0)
+    checkpoint = Checkpoint(tmp_path)
+    counted: list[str] = []
+    checkpoint.on_error = counted.append
+    assert checkpoint.load(log, NOW) == (0.0, 0.0)
+    assert counted == ["invalid"]
     [record] = parse_log(stream.getvalue())
     assert record["msg"] == "checkpoint.invalid"
     assert record["path"] == str(tmp_path / "fluxmon.checkpoint.json")

@@ -222,3 +222,16 @@ def test_resource_counters_and_histograms_are_restored() -> None:
     after.metrics_state.restore(roundtrip(parts), pytest.fail)
     assert flux_lines(after) == flux_lines(parts)
     assert after.registry.get_sample_value("flux_node_drain_duration_seconds_count") == 1
+
+
+def test_a_refused_family_is_logged_and_counted(tmp_path: Path) -> None:
+    """restore_metrics names each refused family and counts it under metrics_invalid."""
+    state = valid_state()
+    state[WAIT]["bounds"] = [1.0, "+Inf"]
+    stream = io.StringIO()
+    parts = build(settings(), stream, clock=None)
+    restore_metrics(parts, state, str(tmp_path / "fluxmon.checkpoint.json"))
+    kind = {"kind": "metrics_invalid"}
+    assert parts.registry.get_sample_value("fluxmon_checkpoint_errors_total", kind) == 1
+    assert "checkpoint.metrics_invalid" in stream.getvalue()
+    assert "flux_job_queue_wait_seconds" in stream.getvalue()

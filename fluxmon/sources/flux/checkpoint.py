@@ -6,7 +6,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -186,6 +186,8 @@ class Checkpoint:
         self.finished: dict[int, Fingerprint] = {}
         #: The newest resource event delivered (0: none, or a file without it).
         self.resource_since = 0.0
+        #: Counts a problem by kind (``fluxmon_checkpoint_errors_total``; default: nothing).
+        self.on_error: Callable[[str], None] = lambda kind: None
 
     def load(self, log: FilteringBoundLogger, now: float) -> tuple[float, float]:
         """(since, exec_since) from the file; (0, 0) when absent or not to be trusted.
@@ -201,6 +203,7 @@ class Checkpoint:
             return 0.0, 0.0
         except (OSError, UnicodeDecodeError) as err:
             log.warning("checkpoint.unreadable", path=str(self.path), error=str(err))
+            self.on_error("unreadable")
             return 0.0, 0.0
         try:
             data = json.loads(text)
@@ -211,6 +214,7 @@ class Checkpoint:
             resource_since = parse_resource_since(data, now)
         except (ValueError, RecursionError) as err:  # InvalidCheckpoint, JSONDecodeError
             log.warning("checkpoint.invalid", path=str(self.path), error=str(err))
+            self.on_error("invalid")
             return 0.0, 0.0
         self.held, self.submits, self.jobs = held, submits, jobs
         self.metrics = data.get("metrics")
@@ -297,5 +301,6 @@ class Checkpoint:
             if not self._warned:
                 self._warned = True
                 log.warning("checkpoint.unwritable", path=str(self.path), error=str(err))
+            self.on_error("unwritable")
             return
         self._written = state
