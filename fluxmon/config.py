@@ -26,6 +26,7 @@ from typing import Any, Final, Literal, TextIO, TypeAlias, get_args
 from fluxmon.exitcodes import EX_CONFIG, EX_OK
 
 FluxMode = Literal["auto", "journal", "watch"]
+ExecRead = Literal["at-clean", "live"]
 LogFormat = Literal["logfmt", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogEvents = Literal["all", "none"]
@@ -50,6 +51,7 @@ class FluxSettings:
     uri: str | None = None
     mode: FluxMode = "auto"
     exec_events: bool = True
+    exec_read: ExecRead = "at-clean"
     max_watches: int = 10000
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
@@ -566,6 +568,7 @@ _SECTIONS: Mapping[str, _Section] = {
             "uri": _Key("uri", _flux_uri, "a connector URI such as local:///run/flux/local"),
             "mode": _Key("mode", *_choice("a Flux mode", FluxMode)),
             "exec_events": _Key("exec_events", _as_bool, "true, false"),
+            "exec_read": _Key("exec_read", *_choice("an exec read mode", ExecRead)),
             "max_watches": _Key("max_watches", _int_range(1), "an integer >= 1"),
             "reconnect_min": _Key("reconnect_min", _positive_seconds, _SECONDS),
             "reconnect_max": _Key("reconnect_max", _positive_seconds, _SECONDS),

@@ -21,7 +21,7 @@ from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
-from fluxmon.events import JobEvent, JobState, ResourceEvent, f58
+from fluxmon.events import MAIN, JobEvent, JobState, ResourceEvent, f58
 from fluxmon.logs import LineWriter
 from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
 from fluxmon.resources import RESOURCE_MODES, QueueSlots, ResourceSnapshot, ResourceTracker
@@ -151,11 +151,13 @@ class Pipeline:
         self._self.processed.inc(count)
         self._self.last_event.set(newest)
         if live and self._clock is not None:
+            # Main events only: exec events carry other hosts' clocks, and where they are
+            # read at the job's clean (``flux.exec_read``) their age is the job's runtime.
             now = self._clock()
             observe = self._self.lag.observe
             for event in batch:
                 ts = event.timestamp
-                if type(ts) is float:
+                if type(ts) is float and event.eventlog == MAIN:
                     observe(max(now - ts, 0.0))
 
     def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:

@@ -182,8 +182,11 @@ class FakeJob:
     kvs_lag: float = 0.0
     #: When an inactive job is purged (its eventlogs are gone).
     purge_at: float | None = None
-    #: A watch on this eventlog fails at once with this errno.
+    #: A watch on this eventlog (or a read of it) fails at once with this errno.
     watch_errno: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: A read of the exec eventlog (``job-info.lookup``) is answered this long after it
+    #: is asked (None: never).
+    exec_read_delay: float | None = 0.0
     # -- state, driven by the broker's timeline
     main_shown: int = 0
     exec_shown: int = 0
@@ -745,6 +748,8 @@ class FakeBroker:
         # what happened, for assertions
         self.connects: list[tuple[float, bool]] = []
         self.watches_opened: list[WatchOpened] = []
+        #: (time, jobid) of each exec eventlog read asked for.
+        self.exec_reads: list[tuple[float, int]] = []
         self.journals_opened: list[float] = []
         self.job_lists: list[tuple[float, float]] = []
         self.callbacks = 0
@@ -1024,6 +1029,32 @@ class FakeBroker:
             fut.push(OSError(errno.ENOENT, f"{eventlog} not found"))
         return fut
 
+    def exec_eventlog(self, handle: FakeHandle, jobid: int) -> FakeRPC:
+        """``job-info.lookup`` of one job's ``guest.exec.eventlog``: the whole text, once."""
+        handle.check()
+        fut = FakeRPC(handle, "exec-read")
+        self.exec_reads.append((self.now, jobid))
+        job = self.jobs.get(jobid)
+        if job is None or not job.main_shown or job.purged:
+            fut.push(OSError(errno.ENOENT, f"job {jobid} not found"))
+        elif job.userid != handle.userid and not handle.owner:
+            fut.push(OSError(errno.EPERM, "Operation not permitted"))
+        elif EXEC in job.watch_errno:
+            code = job.watch_errno[EXEC]
+            fut.push(OSError(code, os.strerror(code)))
+        elif not job.started:
+            fut.push(OSError(errno.ENOENT, f"{EXEC}: key not found"))
+        elif job.exec_read_delay is not None:
+            # Grafted into the primary namespace whole once released; before, what is shown.
+            shown = job.exec_events if job.released else job.exec_events[: job.exec_shown]
+            text = "".join(json.dumps(e) + "\n" for e in shown)
+            answer = {"id": jobid, EXEC: text}
+            if job.exec_read_delay > 0:
+                self.at(self.now + job.exec_read_delay, lambda: fut.push(answer))
+            else:
+                fut.push(answer)
+        return fut
+
     def _feed_main(self, job: FakeJob, fut: FakeWatch) -> None:
         committed = job.submit_time + job.kvs_lag
         if self.now < committed:
@@ -1163,6 +1194,10 @@ class FakeBindings:
     def resource_status(self, handle: FakeHandle) -> FakeRPC:
         """One ``resource.status`` answer."""
         return self.broker.resource_status(handle)
+
+    def exec_eventlog(self, handle: FakeHandle, jobid: int) -> FakeRPC:
+        """One job's whole exec eventlog, one answer."""
+        return self.broker.exec_eventlog(handle, jobid)
 
     def config(self, handle: FakeHandle) -> Any:
         """The instance's config object."""

@@ -75,7 +75,7 @@ def test_none_gives_defaults() -> None:
     assert settings == Settings()
     assert settings.path is None
     assert settings.http.listen == ("0.0.0.0", 10900)
-    assert settings.flux == FluxSettings(None, "auto", True, 10000, 1.0, 60.0, 10.0)
+    assert settings.flux == FluxSettings(None, "auto", True, "at-clean", 10000, 1.0, 60.0, 10.0)
     assert settings.metrics.wait_buckets[0] == 1.0
     assert settings.metrics.wait_buckets[-1] == 604800.0
     assert settings.metrics.ratio_buckets == (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
@@ -170,6 +170,7 @@ ROUND_TRIP = [
     pytest.param('[flux]\nmode = "journal"', "flux", "mode", "journal", id="flux.mode"),
     pytest.param("[flux]\nexec_events = false", "flux", "exec_events", False,
                  id="flux.exec_events"),
+    pytest.param('[flux]\nexec_read = "live"', "flux", "exec_read", "live", id="flux.exec_read"),
     pytest.param("[flux]\nmax_watches = 500", "flux", "max_watches", 500, id="flux.max_watches"),
     pytest.param("[flux]\nreconnect_min = 0.25", "flux", "reconnect_min", 0.25,
                  id="flux.reconnect_min"),

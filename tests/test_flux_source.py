@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,9 +64,30 @@ SCENARIO_START = 1795880016.0
 # -- helpers ---------------------------------------------------------------------------
 
 
+#: The ``flux.exec_read`` of the test running now (see :func:`exec_read`).
+_EXEC_READ: list[str] = ["at-clean"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test in both ``flux.exec_read`` modes, or those its ``exec_read`` mark names."""
+    if "exec_read" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("exec_read")
+        modes = marker.args if marker is not None else ("at-clean", "live")
+        metafunc.parametrize("exec_read", modes, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def exec_read(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``flux.exec_read`` that :func:`make_settings` gives by default in this test."""
+    _EXEC_READ[0] = request.param
+    yield request.param
+    _EXEC_READ[0] = "at-clean"
+
+
 def make_settings(**flux: Any) -> Settings:
-    """Default settings, JSON logs, and ``flux`` overrides."""
+    """Default settings, JSON logs, the test's ``exec_read``, and ``flux`` overrides."""
     base = load_settings(None)
+    flux.setdefault("exec_read", _EXEC_READ[0])
     return dataclasses.replace(
         base,
         log=dataclasses.replace(base.log, format="json"),
@@ -367,6 +388,7 @@ def test_journal_finished_records_match_the_journal_and_its_replay() -> None:
 # -- exec watches ----------------------------------------------------------------------------
 
 
+@pytest.mark.exec_read("live")
 @pytest.mark.parametrize("late", [False, True], ids=["on-time", "exec-after-clean"])
 def test_exec_watch_per_allocated_job(late: bool) -> None:
     """One exec watch (no WAITCREATE) per allocated job; exec events counted once, clean held."""
@@ -399,6 +421,142 @@ def test_exec_watch_per_allocated_job(late: bool) -> None:
     assert broker.dropped_callbacks == 0
 
 
+@pytest.mark.exec_read("at-clean")
+def test_exec_eventlog_read_once_per_allocated_job_at_its_clean() -> None:
+    """At-clean: no exec watch; one read per allocated job after its clean; counts exact."""
+    broker = scenario_broker()
+    run = run_source(broker)
+    assert broker.watches_opened == []
+    reads = Counter(jobid for _, jobid in broker.exec_reads)
+    assert set(reads) == allocated(broker)
+    assert set(reads.values()) == {1}
+    for when, jobid in broker.exec_reads:
+        clean = broker.jobs[jobid].first("clean")
+        assert clean is not None
+        assert when >= clean
+    assert run.events_counted() == truth(broker, broker.jobs)
+    assert sum(v for (log, _), v in run.events_counted().items() if log == "exec") > 0
+    assert not run.records("event.rejected")
+    assert abandoned(run) == {}
+    assert run.samples("fluxmon_watch_errors_total") == []
+    assert_results(run, broker.jobs)
+    assert run.sample("fluxmon_tracked_jobs") == 0
+    # Each job's exec events are logged before its finish.
+    wanted = ("job.event", "job.finished")
+    order = [(r["msg"], r["id"]) for r in run.records() if r["msg"] in wanted]
+    for jobid in allocated(broker):
+        mine = [msg for msg, j in order if j == jobid]
+        assert mine[-1] == "job.finished"
+        assert mine.count("job.finished") == 1
+
+
+@pytest.mark.exec_read("at-clean")
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EIO])
+def test_exec_eventlog_read_error_is_counted_and_the_job_finishes(code: int) -> None:
+    """At-clean: a read failing is counted by errno and abandoned; the job still finishes."""
+    broker = scenario_broker()
+    victim = expected()["b-exit3"]["id"]
+    broker.jobs[victim].watch_errno[EXEC] = code
+    run = run_source(broker)
+    name = errno.errorcode[code]
+    assert run.samples("fluxmon_watch_errors_total") == [({"errno": name}, 1.0)]
+    (record,) = run.records("source.exec_abandoned")
+    assert (record["id"], record["reason"]) == (victim, "error")
+    assert name in record["detail"]
+    others = [j for j in broker.jobs if j != victim]
+    want = truth(broker, others) + Counter(
+        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
+    )
+    assert run.events_counted() == want
+    assert_results(run, broker.jobs)
+    assert run.sample("fluxmon_tracked_jobs") == 0
+
+
+@pytest.mark.exec_read("at-clean")
+def test_exec_eventlog_never_created_is_no_error() -> None:
+    """At-clean: ENOENT (a job allocated but never started has no exec eventlog) is not a fault."""
+    broker = scenario_broker()
+    never_started = [
+        job.jobid
+        for job in broker.jobs.values()
+        if job.first("alloc") is not None and job.first("start") is None
+    ]
+    victim = expected()["b-exit3"]["id"]
+    broker.jobs[victim].watch_errno[EXEC] = errno.ENOENT
+    run = run_source(broker)
+    assert run.samples("fluxmon_watch_errors_total") == []
+    assert abandoned(run) == {}
+    others = [j for j in broker.jobs if j != victim]
+    want = truth(broker, others) + Counter(
+        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
+    )
+    assert run.events_counted() == want
+    assert_results(run, broker.jobs)
+    assert not [j for j in never_started if broker.jobs[j].exec_events]
+
+
+@pytest.mark.exec_read("at-clean")
+def test_exec_eventlog_read_unanswered_is_abandoned_after_the_hold() -> None:
+    """At-clean: a read still unanswered HOLD_SECONDS after the clean is given up, counted."""
+    broker = scenario_broker()
+    victim = expected()["b-exit3"]["id"]
+    broker.jobs[victim].exec_read_delay = None
+    run = run_source(broker)
+    assert abandoned(run) == {"timeout": 1}
+    (record,) = run.records("source.exec_abandoned")
+    assert (record["id"], record["reason"]) == (victim, "timeout")
+    finished = run.finished()
+    assert set(finished) == set(broker.jobs)
+    others = [j for j in broker.jobs if j != victim]
+    want = truth(broker, others) + Counter(
+        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
+    )
+    assert run.events_counted() == want
+    assert_results(run, broker.jobs)
+
+
+@pytest.mark.exec_read("at-clean")
+def test_exec_eventlog_read_cut_by_a_drop_is_read_again_not_abandoned() -> None:
+    """At-clean: a drop while a read is awaited holds the clean over; the next connection reads."""
+    job = load_scenario(BY_STEM["b-exit3"])
+    job.exec_read_delay = 3.0
+    broker = FakeBroker([job], start=SCENARIO_START)
+    clean = job.first("clean")
+    assert clean is not None
+    broker.drop(clean + 1.0, down_for=1.0)
+    run = run_source(broker, make_settings(reconnect_min=1.0, reconnect_max=2.0))
+    assert len(run.records("source.disconnected")) == 1
+    assert [jobid for _, jobid in broker.exec_reads] == [job.jobid, job.jobid]
+    assert abandoned(run) == {}
+    assert run.events_counted() == truth(broker, [job.jobid])
+    assert set(run.finished()) == {job.jobid}
+
+
+@pytest.mark.exec_read("at-clean")
+def test_hostile_exec_eventlog_lines_are_refused_and_the_rest_counted() -> None:
+    """At-clean: lines that are not JSON or not entries are refused as malformed, one each."""
+    job = load_scenario(BY_STEM["b-exit3"])
+    broker = FakeBroker([job], start=SCENARIO_START)
+    good = list(job.exec_events)
+
+    class Hostile(FakeBindings):
+        """The exec eventlog comes back with bad lines among the good ones."""
+
+        def exec_eventlog(self, handle: Any, jobid: int) -> Any:
+            """Good lines, a line that is not JSON, an entry without a name, an array."""
+            future = FakeRPC(handle, "exec-read")
+            lines = [json.dumps(e) for e in good]
+            lines[1:1] = ['{"timestamp": 1.0, "name":', '{"timestamp": 2.0}', "[1, 2]", ""]
+            future.push({"id": jobid, EXEC: "\n".join(lines) + "\n"})
+            return future
+
+    run = run_source(broker, bindings=Hostile(broker))
+    assert run.sample("fluxmon_event_errors_total", reason="malformed") == 3
+    assert len(run.records("event.rejected")) == 3
+    assert run.events_counted() == truth(broker, [job.jobid])
+    assert set(run.finished()) == {job.jobid}
+
+
 def test_no_exec_watch_when_exec_events_are_off() -> None:
     """With flux.exec_events = false no watch is opened and only main events are counted."""
     broker = scenario_broker()
@@ -412,6 +570,7 @@ def test_no_exec_watch_when_exec_events_are_off() -> None:
     assert_results(run, broker.jobs)
 
 
+@pytest.mark.exec_read("live")
 def test_max_watches_caps_exec_watches_and_counts_the_rest() -> None:
     """Past flux.max_watches a job is not watched and counts errno="limit", once warned."""
     broker = scenario_broker(late_exec)  # watches stay open longer, so they overlap
@@ -432,6 +591,7 @@ def test_max_watches_caps_exec_watches_and_counts_the_rest() -> None:
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
 
 
+@pytest.mark.exec_read("live")
 @pytest.mark.parametrize("code", [errno.EPERM, errno.ENOENT], ids=["EPERM", "ENOENT"])
 def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
     """One job's exec watch failing is counted by errno; every job still finishes."""
@@ -518,6 +678,7 @@ def run_timed(
     return run, delivered
 
 
+@pytest.mark.exec_read("live")
 def test_exec_watch_reaching_a_removed_namespace_delivers_every_event() -> None:
     """A watch reaching the guest namespace after its removal reads all exec events, no hold."""
     broker, job = race_broker()
@@ -540,6 +701,7 @@ def test_exec_watch_reaching_a_removed_namespace_delivers_every_event() -> None:
     assert set(run.finished()) == {job.jobid}
 
 
+@pytest.mark.exec_read("live")
 def test_waitcreate_watch_in_the_race_hangs_and_is_abandoned_counted_and_logged() -> None:
     """With WAITCREATE the same watch never answers: after the hold it is counted and logged."""
     broker, job = race_broker()
@@ -569,6 +731,7 @@ def test_waitcreate_watch_in_the_race_hangs_and_is_abandoned_counted_and_logged(
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
 
 
+@pytest.mark.exec_read("live")
 def test_exec_watch_of_a_purged_job_is_abandoned_with_its_errno() -> None:
     """A job whose exec eventlog is gone (purged) before its watch opens: ENOENT, counted."""
     job = load_scenario(BY_STEM["b-exit3"])
@@ -1024,6 +1187,7 @@ def test_held_clean_survives_a_dropped_connection() -> None:
     assert abandoned(run) == {}
 
 
+@pytest.mark.exec_read("live")
 def test_exec_watch_cut_by_a_connection_error_is_read_again_not_abandoned() -> None:
     """An exec watch failing with ECONNRESET ends the connection; the next one re-reads it all."""
     job = late_exec(load_scenario(BY_STEM["b-exit3"]), after_clean=2.0)
@@ -1652,6 +1816,7 @@ def test_counters_across_a_kill_equal_the_eventlogs(
         assert "metrics" in json.loads(file)
 
 
+@pytest.mark.exec_read("live")
 def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) -> None:
     """A kill while a job's clean waits for its exec eventlog: the restart logs its finish once."""
 
@@ -1666,6 +1831,26 @@ def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) 
     held = []
     for clean in cleans[:3]:
         file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_exec)
+        assert file is not None
+        held.append(json.loads(file).get("held"))
+    assert all(held), held
+
+
+@pytest.mark.exec_read("at-clean")
+def test_kill_while_an_exec_read_is_awaited_still_finishes_the_job_once(tmp_path: Path) -> None:
+    """At-clean: a kill while a clean waits for its exec read: the restart finishes it once."""
+
+    def slow_read(job: FakeJob) -> FakeJob:
+        return dataclasses.replace(job, exec_read_delay=0.5)
+
+    cleans = sorted(
+        clean
+        for job in scenario_jobs()
+        if job.exec_events and (clean := job.first("clean")) is not None
+    )
+    held = []
+    for clean in cleans[:3]:
+        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_read)
         assert file is not None
         held.append(json.loads(file).get("held"))
     assert all(held), held

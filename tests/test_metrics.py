@@ -294,3 +294,17 @@ def test_a_label_value_that_is_not_utf8_is_escaped() -> None:
     parts = build(json_settings(), io.StringIO(), clock=None)
     assert parts.cap("queue", "q\udcff") == "q\\udcff"
     generate_latest(parts.registry).decode()
+
+
+def test_event_lag_is_observed_for_live_main_events_only() -> None:
+    """The lag histogram takes each live main event, not exec events nor history."""
+    parts = build(json_settings(), io.StringIO(), clock=lambda: 100.0)
+    events = lifecycle(1, 10.0, exec_events=True)
+    main = [e for e in events if e.eventlog == "eventlog"]
+    assert len(main) < len(events)  # the lifecycle has exec events too
+    parts.pipeline.events(lifecycle(2, 10.0), live=False)
+    parts.pipeline.events(events)
+    registry = parts.registry
+    assert registry.get_sample_value("fluxmon_event_lag_seconds_count") == len(main)
+    want = sum(100.0 - e.timestamp for e in main)
+    assert registry.get_sample_value("fluxmon_event_lag_seconds_sum") == pytest.approx(want)

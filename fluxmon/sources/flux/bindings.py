@@ -14,7 +14,7 @@ import sysconfig
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from fluxmon.events import decode_json
+from fluxmon.events import EXEC, decode_json
 from fluxmon.sources import SourceUnavailable
 
 JOURNAL_TOPIC: Final = "job-manager.events-journal"
@@ -26,6 +26,10 @@ QUEUE_LIST_TOPIC: Final = "job-manager.queue-list"
 RESOURCE_JOURNAL_TOPIC: Final = "resource.journal"
 RESOURCE_STATUS_TOPIC: Final = "resource.status"
 CONFIG_TOPIC: Final = "config.get"
+#: One job's KVS keys (flux-core src/modules/job-info/lookup.c): any key under the job's
+#: directory, ``guest.exec.eventlog`` included once job-exec has grafted the guest
+#: namespace into the primary one (before ``release final=true``).
+LOOKUP_TOPIC: Final = "job-info.lookup"
 
 
 class FluxUnavailable(SourceUnavailable):
@@ -116,6 +120,14 @@ class Bindings(Protocol):
 
         Without ``waitcreate`` an eventlog that does not exist yet ends the watch with
         ENOENT. See :meth:`FluxBindings.watch` for why exec watches go without it.
+        """
+
+    def exec_eventlog(self, handle: Any, jobid: int) -> RPCFuture:
+        """Read a job's whole exec eventlog (one response: ``{"guest.exec.eventlog": text}``).
+
+        For a job whose ``clean`` has come: one lookup, where a watch costs the broker a
+        KVS watch for the job's whole run. ENOENT: the job has no exec eventlog (it never
+        started) or is gone.
         """
 
     def job_list(self, handle: Any, since: float) -> RPCFuture:
@@ -273,6 +285,14 @@ class FluxBindings:
             return _FastWatch(future, *self._c)
         watch: WatchFuture = future
         return watch
+
+    def exec_eventlog(self, handle: Any, jobid: int) -> RPCFuture:
+        """``job-info.lookup`` of ``guest.exec.eventlog`` (any user, for their own jobs)."""
+        future = handle.rpc(LOOKUP_TOPIC, {"id": int(jobid), "keys": [EXEC], "flags": 0})
+        if self._c is not None:
+            return _FastRPC(future, *self._c)
+        rpc: RPCFuture = future
+        return rpc
 
     def resource_journal(self, handle: Any) -> RPCFuture:
         """The raw streaming RPC (an empty payload: flux-core's consumer sends none)."""

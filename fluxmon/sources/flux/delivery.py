@@ -1,11 +1,20 @@
 """Delivery shared by both modes: per-job eventlog watches, exec events, held cleans.
 
-A job that reaches ``alloc`` gets a watch on its ``guest.exec.eventlog``. Main events
-run ahead of exec watches (the journal, or a job's own main watch), so a job's
-``clean`` (or ``invalidate``) is held back while its exec watch is still open, until
-the watch ends or ``HOLD_SECONDS`` pass; otherwise late exec events would arrive for
-a job already gone. Cleans still held when the connection drops are held again by the
-next connection.
+A job's ``guest.exec.eventlog`` is read one of two ways (``flux.exec_read``):
+
+- ``at-clean`` (the default): when the job's ``clean`` comes, one ``job-info.lookup``
+  reads the whole exec eventlog, and its exec events are delivered with the clean, in
+  one batch. The broker answers one request per job, where a watch costs it a KVS
+  watch re-examined at every commit for the job's whole run (on a busy broker the
+  largest part of what fluxmon costs it); exec events are counted when the job ends.
+- ``live``: a job that reaches ``alloc`` gets a watch on its exec eventlog, and each
+  exec event is delivered as it comes.
+
+Either way a job's ``clean`` (or ``invalidate``) is held back while its exec eventlog
+is being read, until the read or the watch ends or ``HOLD_SECONDS`` pass; otherwise
+late exec events would arrive for a job already gone. Cleans still held when the
+connection drops are held again by the next connection, which reads the exec eventlog
+again.
 
 Exec watches are opened without WAITCREATE (``FluxBindings.watch``). In flux-core 0.88
 job-info's guest watch (``job-info/guest_watch.c``) reads the main eventlog; once it
@@ -23,8 +32,8 @@ needed: job-info waits for ``start`` on its own (``wait_guest_namespace``), and 
 commits ``init`` to the exec eventlog before the job can start
 (``ns_create_and_link``). ``benchmarks/exec_watch_race.py`` measures the hang.
 
-Where a job's exec events are still given up (its watch outlives the hold, fails, or
-is refused by ``flux.max_watches``) it is counted
+Where a job's exec events are still given up (its read or watch outlives the hold,
+fails, or is refused by ``flux.max_watches``) it is counted
 (``fluxmon_exec_watches_abandoned_total{reason}``) and logged
 (``source.exec_abandoned``): exec events are missed only where that counter says so.
 """
@@ -37,9 +46,17 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from fluxmon.events import EXEC, JOURNAL_ONLY, InvalidEvent, JobEvent, entry_event, shown
+from fluxmon.events import (
+    EXEC,
+    JOURNAL_ONLY,
+    InvalidEvent,
+    JobEvent,
+    decode_json,
+    entry_event,
+    shown,
+)
 from fluxmon.sources import Downstream
-from fluxmon.sources.flux.bindings import WatchFuture
+from fluxmon.sources.flux.bindings import RPCFuture, WatchFuture
 from fluxmon.sources.flux.connection import Connection, Position, describe, errno_name
 
 #: Longest time a job's ``clean`` waits for its exec watch to end.
@@ -93,6 +110,9 @@ class EventDelivery:
         self._connection = connection
         self._memory = connection.memory
         self._watches: dict[tuple[int, str], WatchFuture] = {}
+        #: Exec eventlog reads awaited (``at-clean``), per job.
+        self._reads: dict[int, RPCFuture] = {}
+        self._live_exec = connection.settings.exec_read == "live"
         #: Cleans held back per job, and when they are released at the latest (monotonic).
         self._held: dict[int, tuple[list[JobEvent], float]] = {}
         #: Running jobs whose exec watch was reopened by :meth:`resume` and has not
@@ -192,10 +212,14 @@ class EventDelivery:
                 memory.submit_since = max(memory.submit_since, event.timestamp)
             elif name == "alloc":
                 memory.running.add(jobid)
-                if watch_exec:
+                if watch_exec and self._live_exec:
                     self.watch_exec(jobid)
             elif last:
-                if (jobid, EXEC) in self._watches or jobid in self._held:
+                if (
+                    (jobid, EXEC) in self._watches
+                    or jobid in self._held
+                    or (live and watch_exec and self._read_exec(jobid))
+                ):
                     self._hold(event)
                     continue
                 self.job_gone(jobid)
@@ -214,18 +238,41 @@ class EventDelivery:
         deadline = deadline or self._connection.monotonic() + HOLD_SECONDS
         self._held[event.jobid] = (held, deadline)
 
-    def _release(self, jobid: int) -> None:
-        """Deliver the job's held cleans (its exec eventlog is read, or the wait is over)."""
+    def _release(self, jobid: int, exec_events: list[JobEvent] | None = None) -> None:
+        """Deliver the job's held cleans (its exec eventlog is read, or the wait is over).
+
+        ``exec_events``: the job's exec eventlog as read at its clean, delivered first,
+        in the same batch as the clean (those already delivered are skipped, those that
+        are history go as history).
+        """
         held, _ = self._held.pop(jobid, ([], 0.0))
-        if held:
-            self.job_gone(jobid)
-            self._connection.downstream.events(held, live=True)
-            self.mark()
+        if not held:
+            return
+        downstream = self._connection.downstream
+        news: list[JobEvent] = []
+        if exec_events:
+            old: list[JobEvent] = []
+            for event in exec_events:
+                live = self._exec_live(event)
+                if live is not None:
+                    (news if live else old).append(event)
+            if old:
+                downstream.events(old, live=False)
+        self.job_gone(jobid)
+        news.extend(held)
+        downstream.events(news, live=True)
+        self.mark()
 
     def release_overdue(self, now: float) -> None:
         """Stop waiting for exec watches whose job's clean has been held past its deadline."""
         for jobid, (_, deadline) in list(self._held.items()):
             if now >= deadline:
+                if self._reads.pop(jobid, None) is not None:
+                    self._abandon(
+                        jobid,
+                        "timeout",
+                        f"exec eventlog not read {HOLD_SECONDS:g} s after the job's clean",
+                    )
                 future = self._watches.get((jobid, EXEC))
                 if future is not None:
                     self._abandon(
@@ -272,6 +319,7 @@ class EventDelivery:
         memory.applied.pop(jobid, None)
         memory.finished.pop(jobid, None)
         held = self._held.pop(jobid, None)
+        self._reads.pop(jobid, None)
         if held is not None and (jobid, EXEC) in self._watches:
             self._close(jobid, EXEC, self._watches[(jobid, EXEC)])
         memory.exec_quiet[jobid] = memory.exec_since
@@ -279,21 +327,25 @@ class EventDelivery:
     def resume(self) -> None:
         """Reopen exec watches of running jobs and hold again the cleans held at a drop."""
         memory = self._memory
-        for jobid in sorted(memory.running):
-            if self.watch_exec(jobid):
-                self.rereading.add(jobid)
+        if self._live_exec:
+            for jobid in sorted(memory.running):
+                if self.watch_exec(jobid):
+                    self.rereading.add(jobid)
         deadline = self._connection.monotonic() + HOLD_SECONDS
-        for jobid, events in sorted(memory.held_over.items()):
-            self._held[jobid] = (events, deadline)
-            if not self.watch_exec(jobid):
-                self._release(jobid)
+        held_over = sorted(memory.held_over.items())
         memory.held_over.clear()
+        for jobid, events in held_over:
+            self._held[jobid] = (events, deadline)
+            reading = self.watch_exec(jobid) if self._live_exec else self._read_exec(jobid)
+            if not reading:
+                self._release(jobid)
 
     def close(self) -> None:
         """Cancel every watch; keep held cleans for the next connection."""
         for jobid, (events, _) in self._held.items():
             self._memory.held_over.setdefault(jobid, []).extend(events)
         self._held.clear()
+        self._reads.clear()  # the connection is gone: the next one reads them again
         for (jobid, eventlog), future in list(self._watches.items()):
             self._close(jobid, eventlog, future)
 
@@ -308,11 +360,20 @@ class EventDelivery:
         return (jobid, EXEC) in self._watches
 
     def _deliver_exec(self, event: JobEvent) -> None:
+        live = self._exec_live(event)
+        if live is None:
+            return  # re-read after a reconnect
+        self._connection.downstream.events([event], live=live)
+        if live:
+            self.mark()
+
+    def _exec_live(self, event: JobEvent) -> bool | None:
+        """Note an exec event as delivered: whether it is news; None if it was already."""
         memory = self._memory
         seen = memory.exec_seen.setdefault(event.jobid, set())
         key = (event.name, event.timestamp)
         if key in seen:
-            return  # re-read after a reconnect
+            return None
         seen.add(key)
         memory.exec_since = max(memory.exec_since, event.timestamp)
         index = len(seen) - 1  # in the job's exec eventlog
@@ -324,9 +385,88 @@ class EventDelivery:
             live = event.timestamp > quiet
         memory.exec_count[event.jobid] = max(index + 1, resumed[1] if resumed else 0)
         memory.changed.add(event.jobid)
-        self._connection.downstream.events([event], live=live)
-        if live:
-            self.mark()
+        return live
+
+    def _read_exec(self, jobid: int) -> bool:
+        """Ask for a job's whole exec eventlog at its clean; True while the answer is awaited.
+
+        False: nothing to wait for (exec events off, the job never reached ``alloc``, or
+        the request failed and its exec events are given up, counted and logged).
+        """
+        if jobid in self._reads:
+            return True
+        connection = self._connection
+        if (
+            self._live_exec
+            or not connection.settings.exec_events
+            or jobid not in self._memory.running
+        ):
+            return False
+        try:
+            future = connection.bindings.exec_eventlog(connection.handle, jobid)
+        except OSError as err:
+            connection.stats.watch_failed(errno_name(err))
+            if err.errno in CONNECTION_ERRORS:
+                connection.lose(f"exec eventlog not read: {describe(err)}")
+                return True  # held over to the next connection, which reads it
+            self._abandon(jobid, "error", f"exec eventlog not read: {describe(err)}")
+            return False
+        self._reads[jobid] = future
+
+        def on_response(response: RPCFuture) -> None:
+            self._on_read(jobid, response)
+
+        future.then(connection.guard(on_response))
+        return True
+
+    def _on_read(self, jobid: int, future: RPCFuture) -> None:
+        """The exec eventlog read at the job's clean: deliver its events with the clean."""
+        if self._reads.get(jobid) is not future:
+            return  # given up (the hold's deadline) or the job rewound
+        del self._reads[jobid]
+        connection = self._connection
+        text: object = ""
+        try:
+            response = future.get()
+        except (ValueError, RecursionError) as err:  # a payload that does not decode
+            refuse(connection.downstream, f"exec eventlog of job {jobid}: {err}")
+            self._abandon(jobid, "error", f"exec eventlog does not decode: {err}")
+        except OSError as err:
+            if err.errno in CONNECTION_ERRORS:
+                # The clean stays held: close() holds it over to the next connection.
+                connection.stats.watch_failed(errno_name(err))
+                connection.lose(f"exec eventlog read failed: {describe(err)}")
+                return
+            if err.errno != errno.ENOENT:  # ENOENT: no exec eventlog (never started)
+                connection.stats.watch_failed(errno_name(err))
+                self._abandon(jobid, "error", f"exec eventlog not read: {describe(err)}")
+        else:
+            text = response.get(EXEC) if isinstance(response, dict) else None
+            if not isinstance(text, str):
+                refuse(
+                    connection.downstream,
+                    f"exec eventlog of job {jobid}: no {EXEC} string: {shown(response)}",
+                )
+                self._abandon(jobid, "error", "exec eventlog answer without the eventlog")
+                text = ""
+        self._release(jobid, self._exec_entries(jobid, str(text)))
+
+    def _exec_entries(self, jobid: int, text: str) -> list[JobEvent]:
+        """The events of an exec eventlog's text (one JSON entry a line); bad lines refused."""
+        downstream = self._connection.downstream
+        out: list[JobEvent] = []
+        for line in text.splitlines():
+            if not line:
+                continue
+            try:
+                entry = decode_json(line)
+            except (ValueError, RecursionError) as err:
+                refuse(downstream, f"exec eventlog line of job {jobid}: {err}: {shown(line)}")
+                continue
+            event = to_event(downstream, jobid, EXEC, entry)
+            if event is not None:
+                out.append(event)
+        return out
 
     # -- watches ----------------------------------------------------------------------
 
