@@ -21,13 +21,14 @@ Per workload and arm it prints the median and spread (min-max over rounds) of:
   (``flux_jobs_finished_total``) 1 s after the queue drained, against those submitted.
 
 Usage: python benchmarks/broker_overhead.py [--rounds 5] [--workload peak --workload shells]
-       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--setup default|journal-noexec|watch ...] [--json]
+       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--setup default|journal-noexec|exec-live|watch ...] [--json]
 
 ``--fluxmon`` (repeatable) names the command that runs fluxmon (default: the ``fluxmon``
 next to this Python, else on PATH), e.g. ``--fluxmon old=/tmp/venv-a/bin/fluxmon --fluxmon
 new=/tmp/venv-b/bin/fluxmon`` to compare two builds in the same interleaved rounds.
-``--setup`` (repeatable) adds configurations: ``journal-noexec`` (no exec watches) and
-``watch`` (forced watch mode, poll_interval 1 s) are the comparisons of earlier versions.
+``--setup`` (repeatable) adds configurations: ``journal-noexec`` (no exec eventlogs),
+``exec-live`` (``flux.exec_read = "live"``: an exec watch per running job, the default of
+earlier versions) and ``watch`` (forced watch mode, poll_interval 1 s).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ DEFAULT_JOBS: Final[Mapping[str, int]] = {"peak": 1000, "shells": 300}
 SETUPS: Final[Mapping[str, str | None]] = {
     "default": None,
     "journal-noexec": '[flux]\nmode = "journal"\nexec_events = false\n',
+    "exec-live": '[flux]\nexec_read = "live"\n',
     "watch": '[flux]\nmode = "watch"\nexec_events = true\npoll_interval = 1.0\n',
 }
 #: Seconds fluxmon gets, after the queue drained, to log every job's ``job.finished``.

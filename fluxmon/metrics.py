@@ -427,7 +427,7 @@ class SelfMetrics:
         self.lag = own.add(
             Histogram(
                 "fluxmon_event_lag_seconds",
-                "Receive time minus event timestamp, for live events.",
+                "Receive time minus event timestamp, for live main eventlog events.",
                 registry=None,
                 buckets=LAG_BUCKETS,
             )
