@@ -21,14 +21,17 @@ Per workload and arm it prints the median and spread (min-max over rounds) of:
   (``flux_jobs_finished_total``) 1 s after the queue drained, against those submitted.
 
 Usage: python benchmarks/broker_overhead.py [--rounds 5] [--workload peak --workload shells]
-       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--setup default|journal-noexec|exec-live|watch ...] [--json]
+       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--bare] [--json]
+       [--setup default|journal-noexec|exec-live|watch ...]
 
 ``--fluxmon`` (repeatable) names the command that runs fluxmon (default: the ``fluxmon``
 next to this Python, else on PATH), e.g. ``--fluxmon old=/tmp/venv-a/bin/fluxmon --fluxmon
 new=/tmp/venv-b/bin/fluxmon`` to compare two builds in the same interleaved rounds.
 ``--setup`` (repeatable) adds configurations: ``journal-noexec`` (no exec eventlogs),
 ``exec-live`` (``flux.exec_read = "live"``: an exec watch per running job, the default of
-earlier versions) and ``watch`` (forced watch mode, poll_interval 1 s).
+earlier versions) and ``watch`` (forced watch mode, poll_interval 1 s). ``--bare`` adds a
+bare journal consumer (every response read and decoded, nothing more): what any journal
+client costs the broker, the floor fluxmon's figures are to be read against.
 """
 
 from __future__ import annotations
@@ -64,6 +67,26 @@ SETUPS: Final[Mapping[str, str | None]] = {
     "exec-live": '[flux]\nexec_read = "live"\n',
     "watch": '[flux]\nmode = "watch"\nexec_events = true\npoll_interval = 1.0\n',
 }
+#: The least any journal consumer costs: read every response through the C API, decode it,
+#: nothing more (``--bare``: the floor fluxmon's broker cost is measured against).
+BARE_JOURNAL: Final = """
+import json, flux, flux.constants
+from _flux._core import ffi, lib
+h = flux.Flux()
+f = h.rpc("job-manager.events-journal", {"full": True}, 0, flux.constants.FLUX_RPC_STREAMING)
+buf = ffi.new("char **")
+def taken(future):
+    c = future.pimpl.handle
+    while lib.flux_rpc_get(c, buf) == 0:
+        json.loads(ffi.string(buf[0]))
+        lib.flux_future_reset(c)
+        if not lib.flux_future_is_ready(c):
+            return
+    h.reactor_stop()
+f.then(taken)
+h.reactor_run()
+"""
+BARE: Final = "bare-journal"
 #: Seconds fluxmon gets, after the queue drained, to log every job's ``job.finished``.
 CATCH_UP_TIMEOUT: Final = 120.0
 SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -179,6 +202,12 @@ def summarize(runs: Sequence[Mapping[str, Any]], alone: str = "alone") -> dict[s
 
 def figures_of(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, float]:
     """One attached run's figures against the same round's run alone."""
+    if "events" not in run:  # the bare journal consumer: the broker's side only
+        return {
+            "jobs_per_s": run["jobs"] / run["seconds"],
+            "throughput_ratio": (run["jobs"] / run["seconds"]) / (ref["jobs"] / ref["seconds"]),
+            "broker_cpu_ratio": run["broker_ticks"] / max(ref["broker_ticks"], 1),
+        }
     tick = run["clk_tck"]
     events = run["events"]
     cumulative = [(float(b), c) for b, c in run["lag_buckets"]]
@@ -276,6 +305,10 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     fluxmon: subprocess.Popen[bytes] | None = None
     log = out / "fluxmon.log"
     port: int = spec["port"]
+    bare: subprocess.Popen[bytes] | None = None
+    if spec.get("bare"):
+        bare = subprocess.Popen([sys.executable, "-c", BARE_JOURNAL])
+        time.sleep(1.0)  # connected, history read
     if spec["fluxmon"]:
         command = [*spec["fluxmon"], "run", "--listen", f"127.0.0.1:{port}"]
         if spec["config"]:
@@ -299,6 +332,9 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     result["broker_ticks"] = _ticks(brokers) - c0
     result["seconds"] = t1 - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    if bare is not None:
+        bare.kill()
+        bare.wait()
     if fluxmon is not None:
         result["fluxmon_ticks_at_drain"] = _ticks([fluxmon.pid]) - f0
 
@@ -373,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="jobs per workload (peak 1000, shells 300)")
     parser.add_argument("--fluxmon", action="append", metavar="[LABEL=]CMD")
     parser.add_argument("--setup", action="append", choices=list(SETUPS))
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="add a bare journal consumer (the broker's cost floor) as an arm",
+    )
     parser.add_argument("--json", action="store_true", help="print every run and the summary")
     parser.add_argument("--inside", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -391,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     path = _flux("python", "--get-path").strip()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
-    order = ["alone", *arms]
+    order = ["alone", *arms, *([BARE] if args.bare else [])]
     runs: list[dict[str, Any]] = []
     log = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory(prefix="fluxmon-overhead-") as tmp:
@@ -405,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                     command, setup = arms.get(arm, ([], "default"))
                     spec = {
                         "out": str(out), "workload": workload, "jobs": jobs[workload],
-                        "port": free_port(), "fluxmon": command,
+                        "port": free_port(), "fluxmon": command, "bare": arm == BARE,
                         "config": str(out / f"{setup}.toml") if SETUPS[setup] else "",
                     }  # fmt: skip
                     result = run_one(flux, out, spec, env)
