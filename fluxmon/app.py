@@ -401,9 +401,6 @@ def record(
 
 #: Seconds between GIL hand-offs in the daemons (CPython's default is 0.005); see cli.main.
 SWITCH_INTERVAL: Final = 0.0005
-#: Seconds the daemons' log writer rests after each write (``LineWriter.start``): records
-#: reach stdout at most this much later, and the writer wakes at most 50 times a second.
-WRITER_LINGER: Final = 0.02
 
 
 def serve(
@@ -431,7 +428,7 @@ def serve(
     parts.self_metrics.register_runtime_collectors()
     log, pipeline, writer = parts.log, parts.pipeline, parts.writer
     stop = stop or threading.Event()
-    writer.start(on_failure=lambda _why: stop.set(), linger=WRITER_LINGER)
+    writer.start(on_failure=lambda _why: stop.set())
     if callable(source):
         source = source(parts)
     http = settings.http

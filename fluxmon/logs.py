@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, TextIO, cast
 
@@ -161,8 +160,6 @@ class LineWriter:
         self._fd: int | None = None
         self._closing = False
         self._no_wait = False
-        self._linger = 0.0
-        self._sleep: Callable[[float], None] = time.sleep
         #: Why the stream cannot be written (None while it can).
         self.failure: str | None = None
         if stream is None:  # Python's sys.stdout when fd 1 was closed at start
@@ -292,24 +289,10 @@ class LineWriter:
 
     # -- the writer thread ------------------------------------------------------------------
 
-    def start(
-        self,
-        on_failure: Callable[[str], None] | None = None,
-        *,
-        linger: float = 0.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        """Start the writer thread; ``on_failure(why)`` is called once if the stream fails.
-
-        ``linger``: seconds the writer rests after each write, so the records of many
-        batches go out in one write. Without it a busy pipeline wakes the writer for
-        every batch, and each wake-up is a thread switch and a handover of the GIL on
-        both threads: at the broker's peak that was more wake-ups than events (20,000
-        for 16,000), and the busiest cost of the live path (see the README's cost model).
-        """
+    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Start the writer thread; ``on_failure(why)`` is called once if the stream fails."""
         if self._thread is not None:
             return
-        self._linger, self._sleep = linger, sleep
         self._on_failure = on_failure
         if self.failure is not None:
             if on_failure is not None:
@@ -360,8 +343,6 @@ class LineWriter:
             if due is not None:
                 due()
             self._report_recovery()
-            if self._linger and not self._closing:
-                self._sleep(self._linger)
 
     def _fail(self, error: BaseException) -> None:
         why = _describe(self._stream, error)

@@ -248,37 +248,6 @@ def test_after_written_runs_once_the_records_before_it_are_out() -> None:
         os.close(read_fd)
 
 
-def test_records_handed_over_while_the_writer_lingers_go_out_in_one_write() -> None:
-    """With a linger, the records of many batches handed over during the rest are one write."""
-    resting, wake = threading.Event(), threading.Event()
-    writes: list[str] = []
-
-    class Counting(io.StringIO):
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return super().write(text)
-
-    def sleep(seconds: float) -> None:
-        assert seconds == 0.25
-        resting.set()
-        wake.wait(10)
-
-    stream = Counting()
-    writer = LineWriter(stream, capacity=1000)
-    writer.start(linger=0.25, sleep=sleep)
-    writer.msg("first")
-    assert resting.wait(10)  # "first" written; the writer rests
-    for n in range(50):
-        writer.hold()
-        writer.msg(f"record {n}")
-        writer.release()
-    assert writes == ["first\n"]
-    resting.clear()
-    wake.set()
-    writer.close()
-    assert writes == ["first\n", "".join(f"record {n}\n" for n in range(50))]
-
-
 def test_after_written_keeps_only_the_newest_of_marks_due_together() -> None:
     """Marks due in one written batch run once, the newest; none runs after a failed write."""
     gate, entered = threading.Event(), threading.Event()
