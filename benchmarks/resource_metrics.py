@@ -8,14 +8,23 @@ median of ``--repeat``), the resource collector alone, and, as the baseline, the
 exposition of a pipeline with the same queues declared and no resource event (the
 per-queue job histograms it holds are most of the cost).
 
-Usage: python benchmarks/resource_metrics.py [--nodes 4096] [--queues 20]
+The served encoders are timed twice more while a thread feeds job lifecycles through
+the pipeline (each in one of the queues, with exec events, the daemon's job.event
+records written to /dev/null): paced at ``--rate`` events/s (default 1,600, this
+machine's broker at its peak), and as fast as it goes. Scrapes and batches contend for
+the pipeline's lock and the GIL, as in the daemon.
+
+Usage: python benchmarks/resource_metrics.py [--nodes 4096] [--queues 20] [--rate 1600]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,7 +36,9 @@ from fluxmon.config import load_settings
 from fluxmon.events import MAIN, JobEvent, ResourceEvent
 from fluxmon.exposition import TEXT, choose
 from fluxmon.hostlist import encode_idset
+from fluxmon.pipeline import Pipeline
 from fluxmon.resource_metrics import ResourceCollector
+from fluxmon.testing import lifecycle
 
 
 def instance(nodes: int, queues: int) -> tuple[list[ResourceEvent], dict[str, list[str]]]:
@@ -84,12 +95,38 @@ def jobs(nodes: int, t0: float) -> list[JobEvent]:
     return out
 
 
+def feed(pipeline: Pipeline, queues: list[str], rate: float | None, stop: threading.Event) -> int:
+    """Apply job lifecycles in batches of 16 events until ``stop``; how many were applied.
+
+    Paced at ``rate`` events/s (None: as fast as it goes).
+    """
+    jobids = itertools.count(10_000_000)
+    pending: list[object] = []
+    applied = 0
+    start = time.perf_counter()
+    while not stop.is_set():
+        while len(pending) < 16:
+            jobid = next(jobids)
+            t0 = 1_000_000.0 + jobid * 0.001
+            pending += lifecycle(jobid, t0, queue=queues[jobid % len(queues)], exec_events=True)
+        batch, pending = pending[:16], pending[16:]
+        pipeline.events(batch)  # type: ignore[arg-type]
+        applied += len(batch)
+        if rate is not None:
+            ahead = applied / rate - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    return applied
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=4096)
     parser.add_argument("--queues", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1600.0)
     args = parser.parse_args()
+    sys.setswitchinterval(0.0005)  # as the daemons set it (fluxmon.app.SWITCH_INTERVAL)
     base = load_settings(None)
     settings = dataclasses.replace(base, log=dataclasses.replace(base.log, events="none"))
     parts = build(settings, open("/dev/null", "w"), clock=None)  # noqa: SIM115 - the daemon's life
@@ -147,6 +184,41 @@ def main() -> int:
             f"{label}: best {min(times) * 1e3:.2f} ms, median "
             f"{statistics.median(times) * 1e3:.2f} ms{goal}"
         )
+    # While ingesting: a pipeline writing job.event records, as the daemon's default.
+    logged = build(base, open("/dev/null", "w"), clock=time.time)  # noqa: SIM115
+    logged.writer.start()
+    logged.pipeline.declare_queue_nodes(requires)
+    logged.pipeline.declare_queues(list(requires))
+    logged.pipeline.resource_events(events)
+    logged.pipeline.events(jobs(args.nodes, 20.0))
+    busy = logged.registry
+    for pace, rate in ((f"{args.rate:,.0f} events/s", args.rate), ("flat out", None)):
+        stop = threading.Event()
+        done: list[int] = []
+
+        def run(
+            rate: float | None = rate, stop: threading.Event = stop, done: list[int] = done
+        ) -> None:
+            done.append(feed(logged.pipeline, list(requires), rate, stop))
+
+        thread = threading.Thread(target=run)
+        began = time.perf_counter()
+        thread.start()
+        time.sleep(0.5)
+        for label, render, target in (
+            ("/metrics text", lambda: TEXT(busy), 50),
+            ("/metrics OpenMetrics", lambda: openmetrics(busy), 80),
+        ):
+            times = timed(render)
+            print(
+                f"{label} while ingesting {pace}: best {min(times) * 1e3:.2f} ms, median "
+                f"{statistics.median(times) * 1e3:.2f} ms (target < {target} ms)"
+            )
+        stop.set()
+        thread.join()
+        elapsed = time.perf_counter() - began
+        print(f"  ingested {done[0]:,} events in {elapsed:.1f} s ({done[0] / elapsed:,.0f}/s)")
+    logged.writer.close()
     return 0
 
 
