@@ -22,12 +22,13 @@ Per workload and arm it prints the median and spread (min-max over rounds) of:
 
 Usage: python benchmarks/broker_overhead.py [--rounds 5] [--workload peak --workload shells]
        [--jobs N] [--fluxmon [LABEL=]CMD ...] [--bare] [--json]
-       [--setup default|journal-noexec|exec-live|watch ...]
+       [--setup default|checkpoint|journal-noexec|exec-live|watch ...]
 
 ``--fluxmon`` (repeatable) names the command that runs fluxmon (default: the ``fluxmon``
 next to this Python, else on PATH), e.g. ``--fluxmon old=/tmp/venv-a/bin/fluxmon --fluxmon
 new=/tmp/venv-b/bin/fluxmon`` to compare two builds in the same interleaved rounds.
-``--setup`` (repeatable) adds configurations: ``journal-noexec`` (no exec eventlogs),
+``--setup`` (repeatable) adds configurations: ``checkpoint`` (a checkpoint directory, as
+the systemd unit runs it), ``journal-noexec`` (no exec eventlogs),
 ``exec-live`` (``flux.exec_read = "live"``: an exec watch per running job, the default of
 earlier versions) and ``watch`` (forced watch mode, poll_interval 1 s). ``--bare`` adds a
 bare journal consumer (every response read and decoded, nothing more): what any journal
@@ -65,6 +66,8 @@ SETUPS: Final[Mapping[str, str | None]] = {
     "default": None,
     "journal-noexec": '[flux]\nmode = "journal"\nexec_events = false\n',
     "exec-live": '[flux]\nexec_read = "live"\n',
+    # What the systemd unit runs: a checkpoint directory (its StateDirectory=).
+    "checkpoint": '[state]\ncheckpoint_dir = "{out}/state"\n',
     "watch": '[flux]\nmode = "watch"\nexec_events = true\npoll_interval = 1.0\n',
 }
 #: The least any journal consumer costs: read every response through the C API, decode it,
@@ -439,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         for name, text in SETUPS.items():
             if text is not None:
-                (out / f"{name}.toml").write_text(text)
+                (out / f"{name}.toml").write_text(text.replace("{out}", str(out)))
+        (out / "state").mkdir()
         for round_ in range(args.rounds):
             for workload in workloads:
                 for arm in arm_order(order, round_):
@@ -449,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                         "port": free_port(), "fluxmon": command, "bare": arm == BARE,
                         "config": str(out / f"{setup}.toml") if SETUPS[setup] else "",
                     }  # fmt: skip
+                    shutil.rmtree(out / "state")  # each instance starts with no checkpoint
+                    (out / "state").mkdir()
                     result = run_one(flux, out, spec, env)
                     result.update(workload=workload, round=round_, arm=arm)
                     runs.append(result)
