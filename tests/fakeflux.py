@@ -446,14 +446,27 @@ class FakeWatch(FakeFuture):
 
 
 class FakeTimer:
-    """A repeating reactor timer (``TimerWatcher`` with after = repeat = interval)."""
+    """A reactor timer: repeating (after = repeat = interval), or one-shot (``repeat=False``)."""
 
-    def __init__(self, handle: FakeHandle, interval: float, callback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        handle: FakeHandle,
+        interval: float,
+        callback: Callable[[], None],
+        *,
+        repeat: bool = True,
+    ) -> None:
         self.handle = handle
         self.interval = interval
         self.callback = callback
+        self.repeat = repeat
         self.active = False
         self.due = 0.0
+        self.fired = 0
+
+    def arm(self) -> None:
+        """A one-shot's re-arm, from now (``Alarm.arm``)."""
+        self.start()
 
     def start(self) -> FakeTimer:
         """Arm the timer ``interval`` from now."""
@@ -568,7 +581,8 @@ class FakeHandle:
                 if self.dead is not None:
                     raise OSError(errno.ECONNRESET, "Connection reset by peer")
                 agenda_at = broker.agenda[0][0] if broker.agenda else None
-                if agenda_at is None:
+                gathering = any(t.active and not t.repeat for t in self.timers)
+                if agenda_at is None and not gathering:  # idle: nothing due, nothing gathered
                     for hook in list(broker.idle_hooks):
                         hook()
                     if self.ready or self.stop_requested or broker.agenda:
@@ -587,6 +601,8 @@ class FakeHandle:
                 for timer in timers:
                     if timer.active and timer.due <= broker.now:
                         timer.due += timer.interval
+                        timer.active = timer.repeat
+                        timer.fired += 1
                         try:
                             timer.callback()
                         except Exception as exc:  # timeout_handler_wrapper: stop with error
@@ -1224,6 +1240,12 @@ class FakeBindings:
         timer = FakeTimer(handle, interval, callback)
         handle.timers.append(timer)
         return timer.start()
+
+    def alarm(self, handle: FakeHandle, after: float, callback: Callable[[], None]) -> FakeTimer:
+        """A one-shot timer, disarmed."""
+        timer = FakeTimer(handle, after, callback, repeat=False)
+        handle.timers.append(timer)
+        return timer
 
     def run(self, handle: FakeHandle) -> None:
         """Run the handle's reactor."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import itertools
 import json
 import os
 import random
@@ -37,6 +38,7 @@ from fluxmon.exitcodes import EX_OK, EX_UNAVAILABLE
 from fluxmon.metrics import SelfMetrics
 from fluxmon.sources.flux import HOLD_SECONDS, Checkpoint, FluxSource, FluxUnavailable
 from fluxmon.sources.flux.connection import FINISHED_REMEMBERED, Memory
+from fluxmon.sources.flux.gather import GATHER_SECONDS
 from fluxmon.sources.replay import ReplaySource
 from fluxmon.testing import parse_log
 from tests.conftest import DATA, SCENARIOS, expected
@@ -401,8 +403,10 @@ def test_exec_watch_per_allocated_job(late: bool) -> None:
     for opened in broker.watches_opened:
         job = broker.jobs[opened.jobid]
         assert not opened.waitcreate
-        if job.exec_events:
-            assert opened.time < job.exec_visible_at(0), opened  # before the eventlog exists
+        alloc = job.first("alloc")
+        assert alloc is not None
+        # Opened at the flush that delivers the job's alloc (GATHER_SECONDS at most).
+        assert alloc <= opened.time <= alloc + GATHER_SECONDS + 1e-6, opened
         if late and job.exec_events:
             clean = job.first("clean")
             assert clean is not None
@@ -555,6 +559,32 @@ def test_hostile_exec_eventlog_lines_are_refused_and_the_rest_counted() -> None:
     assert len(run.records("event.rejected")) == 3
     assert run.events_counted() == truth(broker, [job.jobid])
     assert set(run.finished()) == {job.jobid}
+
+
+@pytest.mark.exec_read("at-clean")
+def test_live_journal_events_are_delivered_gathered_per_interval() -> None:
+    """Live main events taken within GATHER_SECONDS of a batch's first one are in that batch."""
+    broker = scenario_broker()
+    stop = VirtualStop(broker)
+    broker.stop_when_idle(stop)
+    run = prepare(broker, make_settings(exec_events=False), stop)
+    pipeline = run.parts.pipeline
+    batches: list[list[float]] = []
+    deliver = pipeline.events
+
+    def spy(batch: Any, *, live: bool = True) -> None:
+        if live and batch:
+            batches.append([e.timestamp for e in batch])
+        deliver(batch, live=live)
+
+    pipeline.events = spy  # type: ignore[method-assign]
+    run.source.run(pipeline, stop)
+    events = sum(len(b) for b in batches)
+    assert events == sum(v for (log, _), v in truth(broker, broker.jobs).items() if log == "main")
+    assert len(batches) < events / 2  # gathered, not one batch per journal response
+    for earlier, later in itertools.pairwise(batches):
+        # The journal sends an event at its timestamp; the fake clock has no delays.
+        assert min(later) > min(earlier) + GATHER_SECONDS - 1e-6 or min(later) < min(earlier)
 
 
 def test_no_exec_watch_when_exec_events_are_off() -> None:

@@ -86,6 +86,16 @@ class WatchFuture(Protocol):
         """Stop watching."""
 
 
+class Alarm(Protocol):
+    """A one-shot reactor timer, disarmed until :meth:`arm`."""
+
+    def arm(self) -> object:
+        """Fire once, the timer's delay from now (again from now if already armed)."""
+
+    def stop(self) -> object:
+        """Disarm."""
+
+
 class Bindings(Protocol):
     """The few Flux calls fluxmon makes; :class:`FluxBindings` is the real one.
 
@@ -135,6 +145,9 @@ class Bindings(Protocol):
 
     def timer(self, handle: Any, interval: float, callback: Callable[[], None]) -> Any:
         """A started repeating timer in the handle's reactor."""
+
+    def alarm(self, handle: Any, after: float, callback: Callable[[], None]) -> Alarm:
+        """A one-shot timer in the handle's reactor, disarmed until armed."""
 
     def run(self, handle: Any) -> None:
         """Run the reactor until stopped; raises OSError when the connection is lost."""
@@ -228,6 +241,23 @@ class _FastWatch(_CFuture):
             self._future.needs_cancel = False
             if stop:
                 self._future.stop()
+
+
+class _Alarm:
+    """An :class:`Alarm` on a one-shot ``flux.core.watchers.TimerWatcher``."""
+
+    __slots__ = ("_watcher",)
+
+    def __init__(self, watcher: Any) -> None:
+        self._watcher = watcher
+
+    def arm(self) -> None:
+        """Re-arm from now (``flux_timer_watcher_reset``) and start."""
+        self._watcher.reset()
+
+    def stop(self) -> None:
+        """Stop the watcher."""
+        self._watcher.stop()
 
 
 class FluxBindings:
@@ -335,6 +365,10 @@ class FluxBindings:
         watcher = handle.timer_watcher_create(interval, lambda *_: callback(), repeat=interval)
         watcher.start()
         return watcher
+
+    def alarm(self, handle: Any, after: float, callback: Callable[[], None]) -> Alarm:
+        """A one-shot ``TimerWatcher``; armed by its ``reset`` (from now, from scratch)."""
+        return _Alarm(handle.timer_watcher_create(after, lambda *_: callback(), repeat=0.0))
 
     def run(self, handle: Any) -> None:
         """Run the reactor as ``reactor_run`` does off the main thread; OSError when lost.

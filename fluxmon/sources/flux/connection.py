@@ -15,6 +15,7 @@ from fluxmon.config import FluxSettings
 from fluxmon.events import JobEvent
 from fluxmon.sources import Downstream, WatchStats
 from fluxmon.sources.flux.bindings import Bindings
+from fluxmon.sources.flux.gather import Gather
 
 
 def errno_name(error: OSError) -> str:
@@ -148,6 +149,8 @@ class Connection:
     #: The newest resource event delivered (the resource stream's position, saved with
     #: each position).
     resource_position: Callable[[], float] = lambda: 0.0
+    #: Live work of the reactor's callbacks, done together (set by the session).
+    gather: Gather | None = None
     lost: str | None = None  # why the connection ended, once it has
     caught_up: bool = False  # history is delivered; everything since is live
 

@@ -414,7 +414,11 @@ class EventDelivery:
         self._reads[jobid] = future
 
         def on_response(response: RPCFuture) -> None:
-            self._on_read(jobid, response)
+            gather = connection.gather
+            if gather is None:
+                self._on_read(jobid, response)
+            else:  # read with the interval's other live work
+                gather.soon(("exec", jobid), lambda: self._on_read(jobid, response))
 
         future.then(connection.guard(on_response))
         return True

@@ -20,6 +20,7 @@ from fluxmon.sources.flux.bindings import Bindings, FluxUnavailable
 from fluxmon.sources.flux.checkpoint import FINISHED_SAVED, Checkpoint, Fingerprint
 from fluxmon.sources.flux.connection import Connection, Memory, Position, Start, describe
 from fluxmon.sources.flux.delivery import EventDelivery
+from fluxmon.sources.flux.gather import Gather
 from fluxmon.sources.flux.journal import JournalMode
 from fluxmon.sources.flux.resources import ResourceMemory, ResourceStream
 from fluxmon.sources.flux.watch import WatchMode
@@ -336,6 +337,7 @@ class _Session:
         connection = self._connection
         bindings, handle = connection.bindings, connection.handle
         timer = bindings.timer(handle, TICK, connection.guard(self._tick))
+        gather = connection.gather = Gather(bindings, handle, connection.guard)
         try:
             try:
                 self._mode.start()
@@ -350,6 +352,8 @@ class _Session:
                 except OSError as err:
                     connection.lost = connection.lost or f"reactor stopped: {err.strerror or err}"
         finally:
+            with contextlib.suppress(OSError, AttributeError):
+                gather.close()  # what was taken is delivered (a lost connection's too)
             self._delivery.close()
             with contextlib.suppress(OSError, AttributeError):
                 timer.stop()
