@@ -299,6 +299,7 @@ def measure(mode: str, path: str) -> dict[str, Any]:
     else:
         mode_run = mode
     start = time.perf_counter()
+    cpu = time.process_time()
     if mode_run == "json":
         events = _run_json(path)
     elif mode_run == "nolog":
@@ -308,7 +309,14 @@ def measure(mode: str, path: str) -> dict[str, Any]:
         with open(path + ".log", "w", encoding="utf-8") as log:
             events = _run_replay(path, log, per_event_logs=True)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "events": events, "seconds": seconds, "rss_mib": peak_rss_mib()}
+    cpu_seconds = time.process_time() - cpu
+    return {
+        "mode": mode,
+        "events": events,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_mib": peak_rss_mib(),
+    }
 
 
 def peak_rss_mib(status: str | None = None) -> float:
@@ -374,32 +382,33 @@ def spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def _table(results: dict[str, list[dict[str, Any]]], lines: int, size: int) -> str:
-    """One row per build and mode: medians (and spreads) over the rounds."""
-    floors = {
-        (build, r["round"]): r["events"] / r["seconds"]
-        for build, runs in results.items()
-        for r in runs
-        if r["mode"] == "json"
-    }
-    rounds = len({r for _, r in floors})
+    """One row per build and mode: medians (and spreads) over the rounds.
+
+    Rates per second of wall time and per second of the process's CPU time (on a shared
+    machine the second is the steadier); each ratio compares a run with the ``json`` run
+    of its build and round.
+    """
     rows = [
-        f"{lines:,} events, {size / 2**20:.0f} MiB, Python {sys.version.split()[0]}, "
-        f"median [min-max] of {rounds} round(s); 'vs json' compares each run with "
-        "the json run of its build and round",
-        f"{'build':<8} {'mode':<32} {'events/s':>24} {'vs json':>20} {'peak RSS':>10}",
+        f"{lines:,} events, {size / 2**20:.0f} MiB, Python {sys.version.split()[0]}; "
+        "median [min-max] over rounds",
+        f"{'build':<6} {'mode':<30} {'events/s':>9} {'vs json':>21} "
+        f"{'events/CPU-s':>12} {'vs json':>21} {'peak RSS':>8}",
     ]
     for build, runs in results.items():
+        floors = {r["round"]: r for r in runs if r["mode"] == "json"}
         for mode in dict.fromkeys(r["mode"] for r in runs):
             mine = [r for r in runs if r["mode"] == mode]
-            rates = [r["events"] / r["seconds"] for r in mine]
-            ratios = [rate / floors[build, r["round"]] for rate, r in zip(rates, mine, strict=True)]
-            rate, low, high = spread(rates)
-            ratio, rlow, rhigh = spread(ratios)
+            cells = []
+            for key in ("seconds", "cpu_seconds"):
+                rates = [r["events"] / r[key] for r in mine]
+                ratios = [
+                    rate / (floors[r["round"]]["events"] / floors[r["round"]][key])
+                    for rate, r in zip(rates, mine, strict=True)
+                ]
+                ratio, low, high = spread(ratios)
+                cells.append(f"{spread(rates)[0]:>9,.0f} {ratio:>6.3f} [{low:.3f}-{high:.3f}]")
             rss = spread([r["rss_mib"] for r in mine])[0]
-            rows.append(
-                f"{build:<8} {LABELS[mode]:<32} {rate:>9,.0f} [{low:,.0f}-{high:,.0f}] "
-                f"{ratio:>6.3f} [{rlow:.3f}-{rhigh:.3f}] {rss:>6.0f} MiB"
-            )
+            rows.append(f"{build:<6} {LABELS[mode]:<30} {cells[0]}    {cells[1]} {rss:>4.0f} MiB")
     return "\n".join(rows)
 
 
