@@ -3,7 +3,9 @@
 The tracker keeps every active job; the current-state gauges are computed at scrape
 time from a snapshot of them. This measures, for N active jobs (most pending, some
 running, with exec events), the memory held per job (tracemalloc) and the time of one
-full ``/metrics`` exposition, against the time of an exposition with no active job.
+full ``/metrics`` exposition, against the time of an exposition with no active job. It
+also measures, in fresh pipelines, the memory of a pending job and of a running job
+alone (``--jobs / 10`` of each).
 
 Usage: python benchmarks/active_jobs.py [--jobs 100000]
 """
@@ -16,10 +18,11 @@ import gc
 import os
 import time
 import tracemalloc
+from collections.abc import Callable
 
 from prometheus_client import generate_latest
 
-from fluxmon.app import build
+from fluxmon.app import Parts, build
 from fluxmon.config import load_settings
 from fluxmon.events import EXEC, JobEvent
 from fluxmon.testing import ev, pending
@@ -52,6 +55,19 @@ def scrape_seconds(registry: object, repeat: int = 5) -> float:
     return best
 
 
+def held_bytes(parts: Parts, jobs: int, running: Callable[[int], bool]) -> int:
+    """Bytes still allocated after ``jobs`` jobs were applied (``running(i)``: job i runs)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(jobs):
+        parts.pipeline.events(job_events(1_000_000 + i, 1.8e9 + i * 0.001, running(i)))
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -62,14 +78,7 @@ def main() -> int:
     parts = build(settings, devnull, clock=None)
     empty = scrape_seconds(parts.registry)
 
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(args.jobs):
-        parts.pipeline.events(job_events(1_000_000 + i, 1.8e9 + i * 0.001, i % 10 == 0))
-    gc.collect()
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    held = held_bytes(parts, args.jobs, lambda i: i % 10 == 0)
 
     full = scrape_seconds(parts.registry)
     assert len(parts.tracker.jobs) == args.jobs
@@ -77,6 +86,14 @@ def main() -> int:
     print(f"memory per active job       {held / args.jobs:>12,.0f} B  ({held / 2**20:,.1f} MiB)")
     print(f"scrape, no active job       {empty * 1e3:>12.2f} ms")
     print(f"scrape, {args.jobs:,} active jobs {full * 1e3:>9.2f} ms  (x{full / empty:.1f})")
+    alone = max(args.jobs // 10, 1)
+    every: dict[str, Callable[[int], bool]] = {
+        "pending": lambda _: False,
+        "running": lambda _: True,
+    }
+    for what, kind in every.items():
+        size = held_bytes(build(settings, devnull, clock=None), alone, kind)
+        print(f"memory per {what} job alone  {size / alone:>11,.0f} B  ({alone:,} jobs)")
     return 0
 
 

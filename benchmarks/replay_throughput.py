@@ -8,11 +8,18 @@ and measures, each in a fresh subprocess over the same file:
 2. ``nolog``   the replay pipeline with per-event logs off (``log.events = "none"``);
 3. ``logfmt``  the replay pipeline with logfmt per-event logs written to a file.
 
-It prints events/s, each mode's own peak RSS (measured in the child that runs it) and the
-ratios (2)/(1) and (3)/(1). ``--profile`` also runs (2) under cProfile and prints the top
-25 functions by total time.
+With orjson installed (the ``fast`` extra, which ``fluxmon.events.decode_json`` then uses),
+(2) and (3) are also run with the standard library's decoder (``nolog-stdlib``,
+``logfmt-stdlib``). It prints events/s, each mode's own peak RSS (measured in the child
+that runs it) and each mode's ratio to (1). ``--rounds N`` runs every mode N times, the
+modes interleaved, and prints medians with the spread (min-max); ``--build LABEL=DIR``
+(repeatable) also measures the fluxmon found in DIR (another checkout: its modes run with
+DIR first on ``PYTHONPATH``), interleaved in the same rounds. ``--file FILE`` measures an
+existing file instead of generating one. ``--profile`` also runs (2) under cProfile and
+prints the top 25 functions by total time.
 
-    python benchmarks/replay_throughput.py [--events 1000000] [--keep FILE] [--profile]
+    python benchmarks/replay_throughput.py [--events 1000000] [--keep FILE] [--rounds N]
+        [--build LABEL=DIR] [--file FILE] [--profile]
 """
 
 from __future__ import annotations
@@ -42,11 +49,13 @@ if TYPE_CHECKING:
 
 MAIN: Final = "eventlog"
 EXEC: Final = "guest.exec.eventlog"
-MODES: Final = ("json", "nolog", "logfmt")
+MODES: Final = ("json", "nolog", "logfmt", "nolog-stdlib", "logfmt-stdlib")
 LABELS: Final = {
     "json": "json.loads only",
     "nolog": "replay, job.event logs off",
     "logfmt": "replay, logfmt job.event logs",
+    "nolog-stdlib": "  the same, stdlib json",
+    "logfmt-stdlib": "  the same, stdlib json",
 }
 BASE_TS: Final = 1_795_880_016.6594446
 #: Seconds between job submissions; with lifecycles of seconds to minutes, hundreds overlap.
@@ -272,19 +281,42 @@ def _run_json(path: str) -> int:
     return count
 
 
+def fast_json_available() -> bool:
+    """Whether the fluxmon imported here decodes with orjson (it has the switch and orjson)."""
+    from fluxmon import events
+
+    switch = getattr(events, "fast_json", None)
+    return bool(switch is not None and switch())
+
+
 def measure(mode: str, path: str) -> dict[str, Any]:
     """Run one mode over ``path``: events, seconds, peak RSS in MiB."""
+    if mode.endswith("-stdlib"):
+        from fluxmon.events import fast_json
+
+        fast_json(False)
+        mode_run = mode.removesuffix("-stdlib")
+    else:
+        mode_run = mode
     start = time.perf_counter()
-    if mode == "json":
+    cpu = time.process_time()
+    if mode_run == "json":
         events = _run_json(path)
-    elif mode == "nolog":
+    elif mode_run == "nolog":
         with open(os.devnull, "w", encoding="utf-8") as devnull:
             events = _run_replay(path, devnull, per_event_logs=False)
     else:
         with open(path + ".log", "w", encoding="utf-8") as log:
             events = _run_replay(path, log, per_event_logs=True)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "events": events, "seconds": seconds, "rss_mib": peak_rss_mib()}
+    cpu_seconds = time.process_time() - cpu
+    return {
+        "mode": mode,
+        "events": events,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_mib": peak_rss_mib(),
+    }
 
 
 def peak_rss_mib(status: str | None = None) -> float:
@@ -322,18 +354,61 @@ def _child(*args: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), *args]
 
 
-def _table(results: list[dict[str, Any]], lines: int, size: int) -> str:
-    floor = results[0]["events"] / results[0]["seconds"]
-    rows = [
-        f"{lines:,} events, {size / 2**20:.0f} MiB, Python {sys.version.split()[0]}",
-        f"{'mode':<32} {'events/s':>12} {'seconds':>9} {'vs json':>8} {'peak RSS':>10}",
-    ]
-    for result in results:
-        rate = result["events"] / result["seconds"]
-        rows.append(
-            f"{LABELS[result['mode']]:<32} {rate:>12,.0f} {result['seconds']:>9.2f} "
-            f"{rate / floor:>8.3f} {result['rss_mib']:>7.0f} MiB"
+def _env(directory: str | None) -> dict[str, str]:
+    """This environment, with ``directory`` first on PYTHONPATH (when given)."""
+    env = dict(os.environ)
+    if directory is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.abspath(directory), env.get("PYTHONPATH")) if p
         )
+    return env
+
+
+def _modes(directory: str | None) -> list[str]:
+    """The modes to run for a build: the ``-stdlib`` ones only where it has orjson."""
+    done = subprocess.run(
+        _child("--fast-json"), env=_env(directory), check=True, capture_output=True, text=True
+    )
+    fast = done.stdout.strip() == "True"
+    return [m for m in MODES if fast or not m.endswith("-stdlib")]
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, min and max."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median, ordered[0], ordered[-1]
+
+
+def _table(results: dict[str, list[dict[str, Any]]], lines: int, size: int) -> str:
+    """One row per build and mode: medians (and spreads) over the rounds.
+
+    Rates per second of wall time and per second of the process's CPU time (on a shared
+    machine the second is the steadier); each ratio compares a run with the ``json`` run
+    of its build and round.
+    """
+    rows = [
+        f"{lines:,} events, {size / 2**20:.0f} MiB, Python {sys.version.split()[0]}; "
+        "median [min-max] over rounds",
+        f"{'build':<6} {'mode':<30} {'events/s':>9} {'vs json':>21} "
+        f"{'events/CPU-s':>12} {'vs json':>21} {'peak RSS':>8}",
+    ]
+    for build, runs in results.items():
+        floors = {r["round"]: r for r in runs if r["mode"] == "json"}
+        for mode in dict.fromkeys(r["mode"] for r in runs):
+            mine = [r for r in runs if r["mode"] == mode]
+            cells = []
+            for key in ("seconds", "cpu_seconds"):
+                rates = [r["events"] / r[key] for r in mine]
+                ratios = [
+                    rate / (floors[r["round"]]["events"] / floors[r["round"]][key])
+                    for rate, r in zip(rates, mine, strict=True)
+                ]
+                ratio, low, high = spread(ratios)
+                cells.append(f"{spread(rates)[0]:>9,.0f} {ratio:>6.3f} [{low:.3f}-{high:.3f}]")
+            rss = spread([r["rss_mib"] for r in mine])[0]
+            rows.append(f"{build:<6} {LABELS[mode]:<30} {cells[0]}    {cells[1]} {rss:>4.0f} MiB")
     return "\n".join(rows)
 
 
@@ -342,10 +417,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=1_000_000, help="events to generate")
     parser.add_argument("--keep", metavar="FILE", help="also keep the generated file here")
+    parser.add_argument("--file", metavar="FILE", help="measure this file, generate none")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every mode (median)")
+    parser.add_argument(
+        "--build", action="append", default=[], metavar="LABEL=DIR",
+        help="also measure the fluxmon checkout in DIR (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile the no-log replay")
     parser.add_argument("--measure", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-only", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--fast-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fast_json:
+        print(fast_json_available())
+        return 0
     if args.measure:
         mode, path = args.measure
         if mode not in MODES:
@@ -355,30 +440,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_only:
         profile(args.profile_only)
         return 0
+    builds: dict[str, str | None] = {"this": None}
+    for item in args.build:
+        label, sep, directory = item.partition("=")
+        if not sep or not label or not os.path.isdir(directory):
+            parser.error(f"--build wants LABEL=DIR with an existing DIR, not {item!r}")
+        builds[label] = directory
     with tempfile.TemporaryDirectory(prefix="fluxmon-bench-") as tmp:
-        path = Path(tmp) / "events.jsonl"
-        began = time.perf_counter()
-        lines = generate(path, args.events)
+        if args.file:
+            path = Path(args.file)
+            lines = sum(1 for _ in path.open("rb"))
+        else:
+            path = Path(tmp) / "events.jsonl"
+            began = time.perf_counter()
+            lines = generate(path, args.events)
+            print(f"generated {lines:,} events in {time.perf_counter() - began:.1f}s", flush=True)
+            if args.keep:
+                Path(args.keep).write_bytes(path.read_bytes())
         size = path.stat().st_size
-        print(f"generated {lines:,} events in {time.perf_counter() - began:.1f}s", flush=True)
-        if args.keep:
-            Path(args.keep).write_bytes(path.read_bytes())
-        results = []
-        for mode in MODES:
-            done = subprocess.run(
-                _child("--measure", mode, str(path)), check=True, capture_output=True, text=True
-            )
-            if done.stderr:
-                sys.stderr.write(done.stderr)
-            results.append(json.loads(done.stdout.splitlines()[-1]))
-            print(f"  {mode}: {results[-1]['seconds']:.1f}s", flush=True)
+        modes = {label: _modes(directory) for label, directory in builds.items()}
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in builds}
+        for round_ in range(args.rounds):
+            # Alternate the builds' order from round to round.
+            order = list(builds) if round_ % 2 == 0 else list(reversed(builds))
+            for label in order:
+                for mode in modes[label]:
+                    done = subprocess.run(
+                        _child("--measure", mode, str(path)), env=_env(builds[label]),
+                        check=True, capture_output=True, text=True,
+                    )  # fmt: skip
+                    if done.stderr:
+                        sys.stderr.write(done.stderr)
+                    result = json.loads(done.stdout.splitlines()[-1])
+                    result["round"] = round_
+                    results[label].append(result)
+                    print(f"  round {round_ + 1} {label} {mode}: {result['seconds']:.1f}s",
+                          flush=True)  # fmt: skip
         print()
         print(_table(results, lines, size))
-        rates = {r["mode"]: r["events"] / r["seconds"] for r in results}
-        print(
-            f"ratio nolog/json = {rates['nolog'] / rates['json']:.3f}, "
-            f"logfmt/json = {rates['logfmt'] / rates['json']:.3f}"
-        )
         if args.profile:
             print(flush=True)
             subprocess.run(_child("--profile-only", str(path)), check=True)

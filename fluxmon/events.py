@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple, NoReturn
 
@@ -165,14 +165,61 @@ def _finite_float(text: str) -> float:
 
 _decode: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
 
+_fast_loads: Callable[[bytes], Any] | None
+_FastError: type[Exception]
+try:  # the optional ``fast`` extra: orjson, a compiled decoder, when installed
+    import orjson
+except ImportError:  # pragma: no cover - depends on the installation
+    _fast_loads = None
+    _FastError = ValueError
+else:
+    _fast_loads = orjson.loads
+    _FastError = orjson.JSONDecodeError
+
+#: Maps each ASCII digit to ``0`` and every other byte to a space, to find digit runs.
+_DIGITS: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+#: A run of this many digits may be an integer outside -2**63..2**64-1, which orjson
+#: would turn into a float: such a line is decoded by the standard library instead.
+_LONG_RUN: Final = b"0" * 19
+_fast: bool = _fast_loads is not None
+
+
+def fast_json(on: bool | None = None) -> bool:
+    """Whether :func:`decode_json` uses orjson; ``on`` turns it on or off (if installed).
+
+    The result is the same either way: orjson decodes a line only when it accepts it and
+    gives the value the standard library would (no digit run long enough to be an integer
+    it turns into a float); anything it refuses is decoded again by the standard library,
+    which refuses it with the same reason as without orjson (or accepts it, as before).
+    """
+    global _fast  # noqa: PLW0603 - a process-wide switch, for benchmarks and tests
+    if on is not None:
+        _fast = on and _fast_loads is not None
+    return _fast
+
 
 def decode_json(data: bytes | str) -> Any:
     """Decode one JSON document, or raise :class:`InvalidEvent` saying why it is refused.
 
     Refused: bytes that are not UTF-8, text that is not JSON, ``NaN``/``Infinity`` and
     floats past the float range, integers past Python's digit limit, nesting too deep for
-    the decoder (:data:`MAX_DEPTH` is checked on the result by :func:`check_tree`).
+    the decoder (:data:`MAX_DEPTH` is checked on the result by :func:`check_tree`). With
+    orjson installed (the ``fast`` extra) it decodes what it can, see :func:`fast_json`.
     """
+    if _fast and _fast_loads is not None:
+        raw: bytes | None
+        if isinstance(data, bytes):
+            raw = data
+        else:
+            try:
+                raw = data.encode()
+            except UnicodeEncodeError:  # a lone surrogate: the standard library's case
+                raw = None
+        if raw is not None and _LONG_RUN not in raw.translate(_DIGITS):
+            try:
+                return _fast_loads(raw)
+            except _FastError:
+                pass  # said again below, in the standard library's words
     try:
         # Decoding first skips json's per-call encoding detection on bytes.
         return _decode(data.decode() if isinstance(data, bytes) else data)

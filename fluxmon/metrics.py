@@ -12,14 +12,23 @@ one, and none has a ``_created`` series (see :class:`_WithoutCreated`).
 The hot path is :meth:`MetricsSink.job_event` (once per event): it resolves the
 labelled child from a per-queue dict keyed by the raw (eventlog, name) pair, so the
 label cap and prometheus_client's label lookup are paid once per new series only.
+Inside a batch (:meth:`MetricsSink.batch`, which the pipeline holds under its lock) the
+sink adds increments and observations up in plain Python (:class:`Pending`) and hands
+them to prometheus_client once per series at the batch's end: one lock per series and
+batch instead of one per event, and an exemplar built only for the last observation of
+each bucket (the only one a scrape sees).
 """
 
 from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from math import isnan
 from typing import Final, TypeVar
 
 from prometheus_client import (
@@ -33,6 +42,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from fluxmon import __version__
 from fluxmon.config import MetricsSettings
@@ -44,6 +54,7 @@ from fluxmon.events import (
     RESULTS,
     JobEvent,
     JobState,
+    f58,
 )
 from fluxmon.sources import EXEC_ABANDON_REASONS
 from fluxmon.tracker import REJECT_REASONS, Job, NullSink
@@ -501,6 +512,91 @@ class SelfMetrics:
         self.build_info.labels(*self._build_labels).set(1)
 
 
+class _Observations:
+    """One histogram child's observations not yet handed to prometheus_client."""
+
+    __slots__ = ("bounds", "child", "counts", "dirty", "exemplars", "total")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.dirty = False
+        #: The child's upper bounds, ``+Inf`` last (prometheus_client's own list).
+        self.bounds: list[float] = child._upper_bounds
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        #: Bucket index -> (jobid, value) of the last observation with an exemplar.
+        self.exemplars: dict[int, tuple[int, float]] = {}
+
+
+class Pending:
+    """Counter increments and histogram observations added up until :meth:`flush`.
+
+    prometheus_client takes a lock and (for an exemplar) validates and timestamps it on
+    every ``inc`` and ``observe``; added up here, a batch costs one ``inc`` per counter
+    series, and per histogram series one ``inc`` of its sum, one per bucket hit and one
+    exemplar per bucket (the last, which is all a scrape shows of a bucket's exemplars).
+    The result is the same as calling ``inc``/``observe`` for each, except that an
+    exemplar's timestamp is the flush's. Histogram children are read through
+    prometheus_client's ``_upper_bounds``, ``_sum`` and ``_buckets`` (see
+    ``tests/test_metrics.py``, which checks the sums match ``observe``'s).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.counts: dict[Counter, float] = {}
+        self._observations: dict[Histogram, _Observations] = {}
+        self._dirty: list[_Observations] = []
+        self._clock = clock
+
+    def inc(self, child: Counter, amount: float = 1.0) -> None:
+        """Add ``amount`` to a counter child at the next flush."""
+        counts = self.counts
+        counts[child] = counts.get(child, 0.0) + amount
+
+    def observe(self, child: Histogram, amount: float, jobid: int | None = None) -> None:
+        """Observe ``amount`` at the next flush, with a ``jobid`` exemplar unless None."""
+        pending = self._observations.get(child)
+        if pending is None:
+            pending = self._observations[child] = _Observations(child)
+        if not pending.dirty:
+            pending.dirty = True
+            self._dirty.append(pending)
+        pending.total += amount
+        if isnan(amount):  # in the sum and in no bucket, as ``observe`` does
+            return
+        index = bisect_left(pending.bounds, amount)  # the first bound >= amount
+        pending.counts[index] += 1
+        if jobid is not None:
+            pending.exemplars[index] = (jobid, amount)
+
+    def flush(self) -> None:
+        """Hand everything added up to prometheus_client, and start afresh."""
+        counts = self.counts
+        if counts:
+            for child, amount in counts.items():
+                child.inc(amount)
+            counts.clear()
+        dirty = self._dirty
+        if not dirty:
+            return
+        now = self._clock()
+        for pending in dirty:
+            histogram = pending.child
+            histogram._sum.inc(pending.total)
+            pending.total = 0.0
+            pending.dirty = False
+            buckets = histogram._buckets
+            counts_of = pending.counts
+            for index, count in enumerate(counts_of):
+                if count:
+                    buckets[index].inc(count)
+                    counts_of[index] = 0
+            if pending.exemplars:
+                for index, (jobid, amount) in pending.exemplars.items():
+                    buckets[index].set_exemplar(Exemplar({"jobid": f58(jobid)}, amount, now))
+                pending.exemplars.clear()
+        dirty.clear()
+
+
 class _QueueSeries:
     """Children of every job metric for one queue label value, created on first use."""
 
@@ -559,6 +655,10 @@ class MetricsSink(NullSink):
         self._queues: dict[str, _QueueSeries] = {}  # raw queue name -> series
         self._by_label: dict[str, _QueueSeries] = {}  # label value -> series
         self._errors = {r: self_metrics.errors.labels(r) for r in REJECT_REASONS}
+        self._pending = Pending()
+        #: The pending counter increments (the hot path adds to it directly).
+        self._counts = self._pending.counts
+        self._batching = False
 
     # -- label resolution (cold path) -------------------------------------------------
 
@@ -603,42 +703,64 @@ class MetricsSink(NullSink):
         """Attach exemplars, or not, from the next observation on (a reload)."""
         self._exemplars = on
 
-    def _exemplar(self, job: Job) -> dict[str, str] | None:
-        return {"jobid": job.f58} if self._exemplars else None
+    # -- batches ----------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Add the block's updates up and hand them to prometheus_client at its end.
+
+        Outside a batch every call updates the metrics at once. The pipeline holds a
+        batch per batch of events, under its lock; nested batches flush at the outer end.
+        """
+        if self._batching:
+            yield
+            return
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._pending.flush()
 
     # -- Sink -------------------------------------------------------------------------
 
     def job_event(self, job: Job, event: JobEvent) -> None:
-        """Count the event (hot path: two dict lookups and an increment)."""
+        """Count the event (hot path: two dict lookups and an addition)."""
         qs = self._queues.get(job.queue) or self.series(job.queue)
         child = qs.events.get((event.eventlog, event.name))
         if child is None:
             child = self._event_child(qs, event.eventlog, event.name)
-        child.inc()
+        counts = self._counts
+        counts[child] = counts.get(child, 0.0) + 1.0
         if event.name == "submit" and event.eventlog == MAIN:
-            qs.submitted.inc()
+            counts[qs.submitted] = counts.get(qs.submitted, 0.0) + 1.0
+        if not self._batching:
+            self._pending.flush()
 
     def state_left(self, job: Job, state: JobState, seconds: float, event: JobEvent) -> None:
         """Observe one visit of a state."""
         qs = self._queues.get(job.queue) or self.series(job.queue)
-        exemplar = self._exemplar(job)
-        qs.state[state].observe(seconds, exemplar)
+        jobid = job.jobid if self._exemplars else None
+        observe = self._pending.observe
+        observe(qs.state[state], seconds, jobid)
         if state == "CLEANUP":
-            qs.cleanup.observe(seconds, exemplar)
+            observe(qs.cleanup, seconds, jobid)
+        if not self._batching:
+            self._pending.flush()
 
     def queued(self, job: Job, seconds: float, event: JobEvent) -> None:
         """Observe a queue wait."""
-        self.series(job.queue).queue_wait.observe(seconds, self._exemplar(job))
+        self._observe(self.series(job.queue).queue_wait, seconds, job)
 
     def launched(self, job: Job, seconds: float, event: JobEvent) -> None:
         """Observe a start latency."""
-        self.series(job.queue).launch.observe(seconds, self._exemplar(job))
+        self._observe(self.series(job.queue).launch, seconds, job)
 
     def perilog(self, job: Job, phase: str, seconds: float, event: JobEvent) -> None:
         """Observe a prolog or epilog."""
         child = self.series(job.queue).perilog.get(phase)
         if child is not None:
-            child.observe(seconds, self._exemplar(job))
+            self._observe(child, seconds, job)
 
     def exception(self, job: Job, etype: str, severity: int, event: JobEvent) -> None:
         """Count an exception by type and severity."""
@@ -651,30 +773,32 @@ class MetricsSink(NullSink):
             child = self._m.exceptions.labels(qs.label, ctype, csev)
             if ctype == etype and csev == str(severity):
                 qs.exceptions[key] = child
-        child.inc()
+        self._inc(child)
 
     def job_finished(self, job: Job) -> None:
         """Count the result, return code, runtime and walltime use of a finished job."""
         qs = self.series(job.queue)
         result = job.result or "failed"
-        qs.finished[result].inc()
-        if not job.ran:
-            return
-        exemplar = self._exemplar(job)
-        runtime = job.runtime
-        if runtime is not None:
-            qs.runtime[result].observe(runtime, exemplar)
-            if job.duration_limit > 0:
-                qs.walltime.observe(runtime / job.duration_limit, exemplar)
-        code = job.returncode
-        if code is not None:
-            child = qs.exited.get(code)
-            if child is None:
-                capped = self._cap("returncode", str(code))
-                child = self._m.exited.labels(qs.label, capped)
-                if capped == str(code):
-                    qs.exited[code] = child
-            child.inc()
+        pending = self._pending
+        pending.inc(qs.finished[result])
+        if job.ran:
+            jobid = job.jobid if self._exemplars else None
+            runtime = job.runtime
+            if runtime is not None:
+                pending.observe(qs.runtime[result], runtime, jobid)
+                if job.duration_limit > 0:
+                    pending.observe(qs.walltime, runtime / job.duration_limit, jobid)
+            code = job.returncode
+            if code is not None:
+                child = qs.exited.get(code)
+                if child is None:
+                    capped = self._cap("returncode", str(code))
+                    child = self._m.exited.labels(qs.label, capped)
+                    if capped == str(code):
+                        qs.exited[code] = child
+                pending.inc(child)
+        if not self._batching:
+            pending.flush()
 
     def event_rejected(self, reason: str, detail: str, event: JobEvent | None) -> None:
         """Count a refusal by reason."""
@@ -682,7 +806,17 @@ class MetricsSink(NullSink):
         if child is None:
             child = self._self.errors.labels(reason)
             self._errors[reason] = child
-        child.inc()
+        self._inc(child)
+
+    def _inc(self, child: Counter) -> None:
+        self._pending.inc(child)
+        if not self._batching:
+            self._pending.flush()
+
+    def _observe(self, child: Histogram, seconds: float, job: Job) -> None:
+        self._pending.observe(child, seconds, job.jobid if self._exemplars else None)
+        if not self._batching:
+            self._pending.flush()
 
 
 Snapshot = Mapping[tuple[str, JobState], tuple[int, float]]

@@ -23,7 +23,7 @@ from structlog.typing import FilteringBoundLogger
 
 from fluxmon.events import MAIN, JobEvent, JobState, ResourceEvent, f58
 from fluxmon.logs import LineWriter
-from fluxmon.metrics import MetricsSink, SelfMetrics, Snapshot
+from fluxmon.metrics import MetricsSink, Pending, SelfMetrics, Snapshot
 from fluxmon.resources import RESOURCE_MODES, QueueSlots, ResourceSnapshot, ResourceTracker
 from fluxmon.tracker import Tracker, sink_kind
 
@@ -66,6 +66,8 @@ class Pipeline:
         self._self = self_metrics
         self._log = log
         self._clock = clock
+        #: The batch's lags, added up and handed to the histogram once per batch.
+        self._lag = Pending()
         self._lock = threading.Lock()
         self._connected = False
         self._ready = False
@@ -126,7 +128,7 @@ class Pipeline:
 
         Records are handed over after the lock is released: scrapes never wait on them.
         """
-        with self._records(), self._lock:
+        with self._records(), self._lock, self._sink.batch():
             newest = self._last_ts
             for event in batch:
                 apply(event, live)
@@ -154,11 +156,13 @@ class Pipeline:
             # Main events only: exec events carry other hosts' clocks, and where they are
             # read at the job's clean (``flux.exec_read``) their age is the job's runtime.
             now = self._clock()
-            observe = self._self.lag.observe
+            lag = self._self.lag
+            observe = self._lag.observe
             for event in batch:
                 ts = event.timestamp
                 if type(ts) is float and event.eventlog == MAIN:
-                    observe(max(now - ts, 0.0))
+                    observe(lag, max(now - ts, 0.0))
+            self._lag.flush()
 
     def resource_events(self, batch: Sequence[ResourceEvent], *, live: bool = True) -> None:
         """Apply a batch of resource events in order under one lock acquisition."""

@@ -30,6 +30,7 @@ and does not stop the event: the tracker's state and the other sinks are unaffec
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -82,11 +83,65 @@ _PERILOG: Final[Mapping[str, tuple[str, bool]]] = {
     "epilog-finish": ("epilog", False),
 }
 _BIT: Final[Mapping[str, int]] = {state: 1 << rank for state, rank in RANK.items()}
+_ZERO_TIMES: Final = (0.0,) * (len(STATES) - 1)
+#: Exec event keys a job keeps in an array (searched linearly) before a set.
+_EXEC_ARRAY: Final = 32
 #: Finished jobs remembered so a repeated final event reads as a duplicate, not unknown.
 RECENT_FINISHED: Final = 4096
 #: What reading a hostile input can raise (an int past the float range, a digit ``int``
 #: refuses, something that is not an event at all): refused as ``malformed``.
 BAD_INPUT: Final = (TypeError, ValueError, AttributeError, KeyError, OverflowError)
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _frozen(value: object) -> object:
+    """A hashable value equal for equal JSON values (mappings in any key order)."""
+    if type(value) is dict:  # the JSON cases first, without an ABC check
+        return frozenset(
+            [
+                (key, item if type(item) in _SCALARS else _frozen(item))
+                for key, item in value.items()
+            ]
+        )
+    if type(value) is list:
+        return ("[", *[item if type(item) in _SCALARS else _frozen(item) for item in value])
+    if isinstance(value, Mapping):
+        return frozenset(
+            [
+                (key, item if type(item) in _SCALARS else _frozen(item))
+                for key, item in value.items()
+            ]
+        )
+    if isinstance(value, list):
+        return ("[", *[item if type(item) in _SCALARS else _frozen(item) for item in value])
+    if isinstance(value, tuple):
+        return ("(", *map(_frozen, value))
+    try:
+        hash(value)
+    except TypeError:  # not JSON (a set, say): its repr stands for it
+        return ("?", type(value).__name__, repr(value))
+    return value
+
+
+def event_key(name: str, context: Mapping[str, Any]) -> int:
+    """A hash of an event's name and context: equal for equal ones (any key order).
+
+    What the tracker keeps of an applied event to recognise its repeat, instead of the
+    context itself. Unequal events get the same key with a chance of 2**-64 per pair
+    compared (the repeat check compares events of one job at one timestamp only).
+    """
+    if not context:
+        return hash(name)
+    try:
+        return hash((name, frozenset(context.items())))
+    except TypeError:  # a nested value
+        pass
+    try:
+        return hash((name, _frozen(context)))
+    except RecursionError:  # deeper than any source lets through: never a repeat
+        return hash((name, id(context)))
 
 
 class Job:
@@ -160,7 +215,7 @@ class Job:
         #: States entered so far, as bits ``1 << RANK[state]``.
         self.visited: int = _BIT["NEW"]
         #: Seconds spent in each state, by rank (NEW .. CLEANUP).
-        self._time: list[float] = [0.0] * (len(STATES) - 1)
+        self._time = array("d", _ZERO_TIMES)
         #: Seconds spent held (in SCHED with priority 0, as flux-core keeps held jobs).
         self.time_held: float = 0.0
         self.held_since: float | None = None
@@ -180,13 +235,15 @@ class Job:
         self.exc_note: str | None = None
         self.result: Result | None = None
         self.returncode: int | None = None
-        #: Timestamp of the newest main-eventlog event, and (name, context) of each event
-        #: at exactly that time: main events come in time order, so that is all it takes
-        #: to recognise a repeat (an older event is refused as out of order).
+        #: Timestamp of the newest main-eventlog event, and the :func:`event_key` of the
+        #: event at exactly that time (a tuple of keys when several are): main events come
+        #: in time order, so that is all it takes to recognise a repeat (an older event is
+        #: refused as out of order). Keys, not contexts: a context is not kept alive.
         self.last_main_ts: float = timestamp
-        self.last_main: list[tuple[str, Mapping[str, Any]]] = []
-        #: (name, timestamp) of exec events applied, with contexts (they are not ordered).
-        self.exec_seen: dict[tuple[str, float], Mapping[str, Any]] | None = None
+        self.last_main: int | tuple[int, ...] = 0
+        #: Keys (timestamp included) of the exec events applied (they are not ordered):
+        #: an array while few, a set once there are many.
+        self.exec_seen: array[int] | set[int] | None = None
         self.perilog_starts: dict[str, list[float]] | None = None
         #: Events applied so far from the main and the exec eventlog, and the 0-based
         #: index in its eventlog of the event applied last (``seq`` of its record).
@@ -549,25 +606,34 @@ class Tracker:
                     f"{name} at {ts} is older than the job's last event at {last}",
                     event,
                 )
-            if ts == last and (name, context) in job.last_main:
-                return self._reject("duplicate", f"{name} at {ts} already applied", event)
+            key = event_key(name, context)
+            if ts == last:
+                keys = job.last_main
+                if key == keys or (type(keys) is tuple and key in keys):
+                    return self._reject("duplicate", f"{name} at {ts} already applied", event)
             if not self._main(job, event, live):
                 return False
             if ts == last:
-                job.last_main.append((name, context))
+                keys = job.last_main
+                job.last_main = (*keys, key) if isinstance(keys, tuple) else (keys, key)
             else:
                 job.last_main_ts = ts
-                job.last_main = [(name, context)]
+                job.last_main = key
             job.seq = job.seq_main
             job.seq_main += 1
         else:
+            key = hash((event_key(name, context), ts))
             seen = job.exec_seen
             if seen is None:
-                seen = job.exec_seen = {}
-            key = (name, ts)
-            if key in seen and seen[key] == context:
+                job.exec_seen = array("q", (key,))
+            elif key in seen:
                 return self._reject("duplicate", f"{name} at {ts} already applied", event)
-            seen[key] = context
+            elif isinstance(seen, set):
+                seen.add(key)
+            elif len(seen) < _EXEC_ARRAY:
+                seen.append(key)
+            else:  # a linear search no longer: a set from now on
+                job.exec_seen = {*seen, key}
             job.seq = job.seq_exec
             job.seq_exec += 1
         for sink in self.sinks if live else self.history_sinks:
@@ -668,7 +734,7 @@ class Tracker:
                 job.project = _text_attribute(system, "project")
             except BAD_INPUT as err:
                 return self._reject("malformed", f"jobspec: {type(err).__name__}: {err}", event)
-        job.last_main = [("submit", context)]
+        job.last_main = event_key("submit", context)
         job.seq_main = 1  # the submit is seq 0
         self.jobs[event.jobid] = job
         if live:

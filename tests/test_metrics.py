@@ -12,11 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluxmon.app import Parts, build
+from fluxmon.events import f58
+from fluxmon.metrics import Pending
 from fluxmon.testing import ev, jobspec, lifecycle
 from tests.conftest import DATA, SCENARIOS, Replayed, json_settings
 
@@ -308,3 +312,73 @@ def test_event_lag_is_observed_for_live_main_events_only() -> None:
     assert registry.get_sample_value("fluxmon_event_lag_seconds_count") == len(main)
     want = sum(100.0 - e.timestamp for e in main)
     assert registry.get_sample_value("fluxmon_event_lag_seconds_sum") == pytest.approx(want)
+
+
+def histogram_state(child: Histogram) -> list[tuple[str, dict[str, str], float, object]]:
+    """A histogram child's samples, exemplars reduced to (labels, value)."""
+    return [
+        (
+            s.name,
+            s.labels,
+            s.value,
+            None if s.exemplar is None else (s.exemplar.labels, s.exemplar.value),
+        )
+        for s in child._child_samples()
+        if s.name != "_created"
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-5, max_value=400, allow_nan=False) | st.sampled_from([0.5, 1.0]),
+            st.sampled_from([None, 1, 2, 2**64 - 1]),
+        ),
+        max_size=40,
+    ),
+    st.lists(st.integers(min_value=0, max_value=3), max_size=10),
+)
+def test_pending_adds_up_as_observe_and_inc_would(
+    observations: list[tuple[float, int | None]], increments: list[int]
+) -> None:
+    """A flush leaves buckets, sums, counts and each bucket's last exemplar as observe does."""
+    bounds = (0.1, 0.5, 1.0, 10.0, 300.0)
+    direct = Histogram("d", "d", ["q"], registry=None, buckets=bounds).labels("x")
+    added = Histogram("a", "a", ["q"], registry=None, buckets=bounds).labels("x")
+    direct_count = Counter("dc", "d", registry=None)
+    added_count = Counter("ac", "a", registry=None)
+    pending = Pending(clock=lambda: 5.0)
+    for amount, jobid in observations:
+        direct.observe(amount, None if jobid is None else {"jobid": f58(jobid)})
+        pending.observe(added, amount, jobid)
+    for amount in increments:
+        direct_count.inc(amount)
+        pending.inc(added_count, amount)
+    assert added_count._value.get() == 0  # nothing until the flush
+    pending.flush()
+    assert histogram_state(added) == histogram_state(direct)
+    assert added_count._value.get() == direct_count._value.get()
+    pending.flush()  # a second flush adds nothing
+    assert histogram_state(added) == histogram_state(direct)
+
+
+def test_a_batch_reaches_the_metrics_at_its_end_only() -> None:
+    """Inside MetricsSink.batch nothing is visible; at its end every count is there."""
+    parts = build(json_settings(), io.StringIO(), clock=None)
+    get = parts.registry.get_sample_value
+    events = lifecycle(6828326912, 10.0) + lifecycle(6828326913, 10.0, status=256)
+    with parts.metrics_sink.batch():
+        for event in events:
+            parts.tracker.apply(event)
+        assert get("flux_jobs_finished_total", {"queue": "default", "result": "completed"}) == 0
+        labels = {"queue": "default", "state": "RUN"}
+        assert get("flux_job_state_duration_seconds_count", labels) == 0
+    assert get("flux_jobs_finished_total", {"queue": "default", "result": "completed"}) == 1
+    assert get("flux_jobs_finished_total", {"queue": "default", "result": "failed"}) == 1
+    assert get("flux_job_state_duration_seconds_count", {"queue": "default", "state": "RUN"}) == 2
+    assert get("flux_job_events_total", {"queue": "default", "eventlog": "main",
+                                         "name": "submit"}) == 2  # fmt: skip
+    assert get("flux_jobs_submitted_total", {"queue": "default"}) == 2
+    # Outside a batch (a tracker fed directly) each call reaches the metrics at once.
+    parts.tracker.apply(ev(6828326914, "submit", 30.0, jobspec=jobspec("gpu")))
+    assert get("flux_jobs_submitted_total", {"queue": "gpu"}) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -430,3 +431,62 @@ def test_refused_events_take_no_seq() -> None:
     assert [(s, n) for _, _, s, n in sink.keys] == [
         (0, "submit"), (1, "validate"), (2, "depend"), (3, "priority"), (4, "alloc")
     ]  # fmt: skip
+
+
+def test_repeats_are_recognised_by_key_in_any_key_order() -> None:
+    """A repeat with its context's keys reordered (nested too) is a duplicate; another is not."""
+    alloc = {"annotations": {"sched": {"resource_summary": "rank0", "t": 1}}, "x": [1, {"a": 2}]}
+    reordered = {
+        "x": [1, {"a": 2}],
+        "annotations": {"sched": {"t": 1, "resource_summary": "rank0"}},
+    }
+    tracker, _ = run(*head())
+    assert tracker.apply(JobEvent(1, "eventlog", "alloc", 101.0, alloc))
+    assert not tracker.apply(JobEvent(1, "eventlog", "alloc", 101.0, reordered))
+    # Same name and time, another context: a distinct event (applied, a no-op repeat).
+    assert tracker.apply(JobEvent(1, "eventlog", "alloc", 101.0, {**alloc, "x": [1, {"a": 3}]}))
+    assert tracker.apply(ev(1, "memo", 101.0, a=1))
+    assert not tracker.apply(ev(1, "memo", 101.0, a=1))  # the third event at that time
+    assert not tracker.apply(JobEvent(1, "eventlog", "alloc", 101.0, alloc))
+    assert tracker.apply(ev(1, "memo", 101.0, a=[1]))  # a list is not its element
+    assert tracker.rejected["duplicate"] == 3
+
+
+def test_exec_repeats_are_recognised_past_the_array() -> None:
+    """A job's exec keys move from an array to a set; repeats are refused either way."""
+    tracker, _ = run(*head(), ev(1, "alloc", 101.0))
+    for i in range(100):
+        assert tracker.apply(ev(1, "shell.task-exit", 102.0 + i, EXEC, rank=i, taskmap={"m": [i]}))
+        assert not tracker.apply(ev(1, "shell.task-exit", 102.0 + i, EXEC, taskmap={"m": [i]},
+                                    rank=i))  # fmt: skip
+    for i in range(100):
+        assert not tracker.apply(
+            ev(1, "shell.task-exit", 102.0 + i, EXEC, rank=i, taskmap={"m": [i]})
+        )
+        assert tracker.apply(
+            ev(1, "shell.task-exit", 102.0 + i, EXEC, rank=i + 1, taskmap={"m": [i]})
+        )
+    assert tracker.rejected["duplicate"] == 200
+    assert isinstance(tracker.jobs[1].exec_seen, set)
+
+
+def test_the_tracker_keeps_no_event_context() -> None:
+    """Applied events' contexts are not held (keys are kept): nothing refers to them after."""
+    contexts: list[dict[str, object]] = [
+        {"priority": 16},
+        {"annotations": {"sched": {"resource_summary": "rank0"}}},
+        {"service": "x", "size": 1},
+        {"taskmap": {"version": 1, "map": [[0, 1, 1, 1]]}},
+    ]
+    before = [sys.getrefcount(context) for context in contexts]
+    events = [
+        *head()[:3],
+        JobEvent(1, "eventlog", "priority", 100.03, contexts[0]),
+        JobEvent(1, "eventlog", "alloc", 101.0, contexts[1]),
+        JobEvent(1, EXEC, "shell.init", 101.1, contexts[2]),
+        JobEvent(1, EXEC, "shell.start", 101.2, contexts[3]),
+    ]
+    tracker, _ = run(*events)
+    del events
+    assert tracker.jobs[1].state == "RUN"
+    assert [sys.getrefcount(context) for context in contexts] == before
