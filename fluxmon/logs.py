@@ -8,6 +8,7 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import io
 import json
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, TextIO, cast
 
@@ -22,7 +24,15 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.config import LogFormat, LogLevel, LogOnFull
-from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, ResourceEvent, f58, shown
+from fluxmon.events import (
+    EVENTLOG_LABEL,
+    MAX_JOBID,
+    STATES,
+    JobEvent,
+    ResourceEvent,
+    f58,
+    shown,
+)
 from fluxmon.hostlist import encode_hostlist, encode_idset
 from fluxmon.resources import Node
 from fluxmon.tracker import Job, NullSink
@@ -483,32 +493,115 @@ class LogOptions:
 
 #: The record timestamp every logger adds (``ts``: ISO 8601, UTC).
 _STAMPER: Final = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
+_UTC: Final = datetime.UTC
+#: ``job.event`` values written as they are: states, and eventlogs by their label.
+_SAFE_STATES: Final = frozenset(STATES)
+_EVENTLOG_TEXT: Final = {key: _logfmt_value(label) for key, label in EVENTLOG_LABEL.items()}
 
 
 class HotRecords:
     """Writes ``job.event`` records without structlog's processor chain (the hot path).
 
-    A record comes out byte for byte as ``log.info("job.event", **fields)`` through
-    :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``, in
-    that order, filtered and rendered by the same :class:`LogOptions`); at one record
-    per event, the chain's generic steps were a tenth of fluxmon's CPU.
+    A record comes out byte for byte as ``log.info("job.event", **job_event_fields(...))``
+    through :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``,
+    in that order, filtered and rendered by the same :class:`LogOptions`); at one record
+    per event, the chain's generic steps were a tenth of fluxmon's CPU. A logfmt record is
+    rendered straight from the job and the event, and the timestamp (the stamper's
+    format, from ``time_ns``) from a per-second prefix.
     """
 
-    __slots__ = ("_options", "_writer")
+    __slots__ = ("_options", "_second", "_time_ns", "_writer")
 
-    def __init__(self, writer: LineWriter, options: LogOptions) -> None:
+    def __init__(
+        self, writer: LineWriter, options: LogOptions, *, time_ns: Callable[[], int] = time.time_ns
+    ) -> None:
         self._writer = writer
         self._options = options
+        self._time_ns = time_ns
+        #: The last second stamped and its ``YYYY-MM-DDTHH:MM:SS`` (one tuple: one store).
+        self._second: tuple[int, str] = (-1, "")
 
-    def job_event(self, fields: dict[str, Any]) -> None:
-        """Write one ``job.event`` record of ``fields`` (consumed)."""
+    def timestamp(self) -> str:
+        """Now as the stamper writes it: ``2026-12-04T10:08:37.013293Z`` (at 0 us: ``...37Z``)."""
+        seconds, micros = divmod(self._time_ns() // 1000, 1_000_000)
+        second, prefix = self._second
+        if seconds != second:
+            prefix = datetime.datetime.fromtimestamp(seconds, _UTC).isoformat()[:19]
+            self._second = (seconds, prefix)
+        return f"{prefix}.{micros:06d}Z" if micros else prefix + "Z"
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """Write the ``job.event`` record of ``event`` applied to ``job``."""
         level, render = self._options.now
         if level > logging.INFO:
             return
+        if render is render_logfmt:
+            self._writer.msg(job_event_logfmt(self.timestamp(), job, event))
+            return
+        fields = job_event_fields(job, event)
         fields["level"] = "info"
-        _STAMPER(None, "info", fields)
+        fields["ts"] = self.timestamp()
         fields["msg"] = "job.event"
         self._writer.msg(cast(str, render(None, "info", fields)))  # both renderers: str
+
+
+def job_event_fields(job: Job, event: JobEvent) -> dict[str, object]:
+    """The fields of a ``job.event`` record, in record order (``ts level msg`` aside)."""
+    fields: dict[str, object] = {
+        "jobid": job.f58,
+        "id": job.jobid,
+        "userid": job.userid,
+        "queue": job.queue,
+        "eventlog": EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+        "seq": job.seq,
+        "name": event.name,
+        "event_ts": event.timestamp,
+        "state": job.state,
+    }
+    if event.context:
+        fields.update(flatten_context(event.context))
+    return fields
+
+
+def job_event_logfmt(ts: str, job: Job, event: JobEvent) -> str:
+    """A logfmt ``job.event`` record stamped ``ts``: :func:`render_logfmt` of its fields.
+
+    Values of the expected types are written without a call per value; a context key that
+    :func:`flatten_context` would rewrite sends the whole context through it.
+    """
+    fmt = _logfmt_value
+    needs_quotes = _needs_quotes
+    jobid, userid, queue, seq = job.jobid, job.userid, job.queue, job.seq
+    name, stamp, state = event.name, event.timestamp, job.state
+    label = _EVENTLOG_TEXT.get(event.eventlog)
+    line = (
+        f"ts={ts} level=info msg=job.event jobid={job.f58}"  # f58: always safe
+        f" id={jobid if type(jobid) is int else fmt(jobid)}"
+        f" userid={userid if type(userid) is int else fmt(userid)}"
+        f" queue={queue if type(queue) is str and needs_quotes(queue) is None else fmt(queue)}"
+        f" eventlog={label if label is not None else fmt(event.eventlog)}"
+        f" seq={seq if type(seq) is int else fmt(seq)}"
+        f" name={name if type(name) is str and needs_quotes(name) is None else fmt(name)}"
+        f" event_ts={stamp if type(stamp) is float else fmt(stamp)}"
+        f" state={state if state in _SAFE_STATES else fmt(state)}"
+    )
+    context = event.context
+    if not context:
+        return line
+    parts = [line]
+    for key, value in context.items():
+        if type(key) is not str or not key.isidentifier():  # rewritten keys may collide
+            parts[1:] = [f"{k}={fmt(v)}" for k, v in flatten_context(context).items()]
+            break
+        kind = type(value)
+        if kind is str:
+            text = value if needs_quotes(value) is None else _quoted(value)
+        elif kind is int or kind is float:
+            text = str(value)
+        else:
+            text = fmt(_scalar(value))
+        parts.append(f"ctx_{key}={text}")
+    return " ".join(parts)
 
 
 def make_logger(
@@ -626,23 +719,10 @@ class LogSink(NullSink):
         """One ``job.event`` record per event (unless per-event logs are off)."""
         if not self._events:
             return
-        fields = {
-            "jobid": job.f58,
-            "id": job.jobid,
-            "userid": job.userid,
-            "queue": job.queue,
-            "eventlog": EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
-            "seq": job.seq,
-            "name": event.name,
-            "event_ts": event.timestamp,
-            "state": job.state,
-        }
-        if event.context:
-            fields.update(flatten_context(event.context))
         if self._hot is not None:
-            self._hot.job_event(fields)
+            self._hot.job_event(job, event)
         else:
-            self._log.info("job.event", **fields)
+            self._log.info("job.event", **job_event_fields(job, event))
 
     def job_finished(self, job: Job) -> None:
         """One ``job.finished`` record, the job's record of account."""
