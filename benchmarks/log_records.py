@@ -33,6 +33,8 @@ from fluxmon.tracker import Job, NullSink, Tracker
 
 FORMATS: Final[tuple[LogFormat, ...]] = ("logfmt", "json")
 BATCHES: Final = (1, 64)
+#: The paced mode: batches of one, a pause after each (a live source at about 1,000/s).
+PACED: Final = (1, 0.001)
 
 
 def _workload(events: int) -> list[str]:
@@ -67,9 +69,18 @@ def pairs(events: int) -> list[tuple[Job, JobEvent]]:
 
 
 def measure(
-    fmt: LogFormat, batch: int, work: list[tuple[Job, JobEvent]], directory: str
+    fmt: LogFormat,
+    batch: int,
+    work: list[tuple[Job, JobEvent]],
+    directory: str,
+    *,
+    gap: float = 0.0,
 ) -> dict[str, Any]:
-    """Feed every pair's record in batches of ``batch``; CPU and wall time per record."""
+    """Feed every pair's record in batches of ``batch``; CPU and wall time per record.
+
+    With a ``gap`` (seconds), the feeder sleeps that long after each batch, as a live
+    source waits for the broker: the writer thread then sleeps and is woken per batch.
+    """
     with open(Path(directory) / f"{fmt}-{batch}.log", "w", encoding="utf-8") as stream:
         writer = LineWriter(stream, capacity=10_000_000)
         options = LogOptions(fmt, "info")
@@ -84,6 +95,8 @@ def measure(
             for job, event in chunk:
                 job_event(job, event)
             release()
+            if gap:
+                time.sleep(gap)
         thread = time.thread_time() - thread
         writer.close(600)
         cpu = time.process_time() - cpu
@@ -91,7 +104,7 @@ def measure(
     scale = 1e6 / len(work)
     return {
         "format": fmt,
-        "batch": batch,
+        "batch": batch if not gap else f"{batch}+{gap * 1000:g}ms",
         "records": len(work),
         "feed_us": thread * scale,
         "cpu_us": cpu * scale,
@@ -105,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print every run as JSON")
+    parser.add_argument(
+        "--paced", type=int, default=3000, help="records of the paced logfmt run (0: none)"
+    )
     args = parser.parse_args(argv)
     work = pairs(args.events)
     runs: list[dict[str, Any]] = []
@@ -114,20 +130,25 @@ def main(argv: list[str] | None = None) -> int:
             if number % 2:
                 order.reverse()
             runs.extend(measure(fmt, batch, work, directory) for fmt, batch in order)
+            if args.paced:
+                paced = work[: args.paced]
+                runs.append(measure("logfmt", PACED[0], paced, directory, gap=PACED[1]))
     if args.json:
         print(json.dumps(runs, indent=1))
     print(f"{len(work)} job.event records, {args.rounds} rounds, median [min-max] us per record")
-    print(f"{'format':8} {'batch':>5} {'feeding thread':>22} {'process CPU':>22} {'wall':>22}")
-    for fmt in FORMATS:
-        for batch in BATCHES:
-            mine = [run for run in runs if run["format"] == fmt and run["batch"] == batch]
-            cells = []
-            for key in ("feed_us", "cpu_us", "wall_us"):
-                values = [run[key] for run in mine]
-                cells.append(
-                    f"{statistics.median(values):6.2f} [{min(values):5.2f}-{max(values):5.2f}]"
-                )
-            print(f"{fmt:8} {batch:>5} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+    print(f"{'format':8} {'batch':>9} {'feeding thread':>22} {'process CPU':>22} {'wall':>22}")
+    kinds: list[tuple[str, object]] = [(fmt, batch) for fmt in FORMATS for batch in BATCHES]
+    if args.paced:
+        kinds.append(("logfmt", f"{PACED[0]}+{PACED[1] * 1000:g}ms"))
+    for fmt, batch in kinds:
+        mine = [run for run in runs if run["format"] == fmt and run["batch"] == batch]
+        cells = []
+        for key in ("feed_us", "cpu_us", "wall_us"):
+            values = [run[key] for run in mine]
+            cells.append(
+                f"{statistics.median(values):6.2f} [{min(values):5.2f}-{max(values):5.2f}]"
+            )
+        print(f"{fmt:8} {batch:>9} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
     return 0
 
 

@@ -102,6 +102,8 @@ _MARK: Final = 3
 _KIND_NAMES: Final = ("job_event", "job_finished", "other")
 
 _Entry = tuple[str, int]
+#: Seconds the writer thread gathers records after a write before it writes again.
+GATHER_SECONDS: Final = 0.01
 
 
 def _describe(stream: object, error: BaseException) -> str:
@@ -137,6 +139,11 @@ class LineWriter:
     record logged by another thread meanwhile goes straight to the buffer.
     A write that fails (EPIPE, ENOSPC, a closed stream) ends the writer: :attr:`failure`
     says why, ``on_failure`` is called once, and later records are discarded.
+
+    The writer thread is woken by the first record handed over while it sleeps; after
+    each write it gathers records for ``gather`` seconds (or until a tenth of the buffer
+    is used, or it is closed) and nothing wakes it meanwhile. Records arriving one at a
+    time (a live source) are written a few at a time, not one wake-up and one write each.
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class LineWriter:
         capacity: int = 10000,
         on_full: LogOnFull = "drop",
         on_drop: Callable[[str], None] | None = None,
+        gather: float = GATHER_SECONDS,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, not {capacity}")
@@ -154,6 +162,11 @@ class LineWriter:
         self.capacity = capacity
         #: Most records in the buffer when a job.event is accepted.
         self._event_room = capacity - max(1, capacity // 10) if capacity > 1 else 1
+        self._gather = gather
+        #: Records in the buffer at which a gathering writer is woken anyway.
+        self._wake_at = max(1, capacity // 10)
+        #: The writer waits for a first record (a hand-over must wake it).
+        self._asleep = False
         self.on_full: LogOnFull = on_full
         self._on_drop = on_drop
         #: Called (from the writer thread) with the dropped counts by kind, on recovery.
@@ -223,7 +236,8 @@ class LineWriter:
             else:
                 queue.append(("", _MARK))
                 self._marks.append(callback)
-            self._cond.notify()
+            if self._asleep:
+                self._cond.notify()
 
     # -- the buffer -----------------------------------------------------------------------
 
@@ -244,7 +258,8 @@ class LineWriter:
                 self._wait_for_room(entries)
             else:
                 self._admit(entries)
-            cond.notify()
+            if self._asleep or len(self._queue) >= self._wake_at:
+                cond.notify()
 
     def _admit(self, entries: list[_Entry]) -> None:
         """Append what the drop policy lets in; count the rest (the lock is held)."""
@@ -334,7 +349,9 @@ class LineWriter:
         while True:
             with cond:
                 while not self._queue and not self._closing:
+                    self._asleep = True
                     cond.wait()
+                self._asleep = False
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
@@ -353,6 +370,9 @@ class LineWriter:
             if due is not None:
                 due()
             self._report_recovery()
+            with cond:  # gather: only a filling buffer, a waiting pipeline or close() wakes it
+                if self._gather > 0 and not self._closing and len(self._queue) < self._wake_at:
+                    cond.wait(self._gather)
 
     def _fail(self, error: BaseException) -> None:
         why = _describe(self._stream, error)
