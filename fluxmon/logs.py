@@ -13,11 +13,12 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, TextIO, cast
 
 import structlog
@@ -517,6 +518,7 @@ _UTC: Final = datetime.UTC
 #: ``job.event`` values written as they are: states, and eventlogs by their label.
 _SAFE_STATES: Final = frozenset(STATES)
 _EVENTLOG_TEXT: Final = {key: _logfmt_value(label) for key, label in EVENTLOG_LABEL.items()}
+_JSON_EVENTLOG: Final = {key: json.dumps(label) for key, label in EVENTLOG_LABEL.items()}
 
 
 class HotRecords:
@@ -558,9 +560,14 @@ class HotRecords:
         if render is render_logfmt:
             self._writer.msg(job_event_logfmt(self.timestamp(), job, event))
             return
+        ts = self.timestamp()
+        line = job_event_json(ts, job, event)
+        if line is not None:
+            self._writer.msg(line)
+            return
         fields = job_event_fields(job, event)
         fields["level"] = "info"
-        fields["ts"] = self.timestamp()
+        fields["ts"] = ts
         fields["msg"] = "job.event"
         self._writer.msg(cast(str, render(None, "info", fields)))  # both renderers: str
 
@@ -581,6 +588,74 @@ def job_event_fields(job: Job, event: JobEvent) -> dict[str, object]:
     if event.context:
         fields.update(flatten_context(event.context))
     return fields
+
+
+_json_text: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+_JSON_CONSTANTS: Final[Mapping[object, str]] = {None: "null", True: "true", False: "false"}
+
+
+def _json_scalar(value: object) -> str | None:
+    """``value`` as ``json.dumps`` writes it (None: not a plain, finite scalar)."""
+    kind = type(value)
+    if kind is str:
+        return _json_text(cast(str, value))
+    if kind is int:
+        return int.__repr__(cast(int, value))  # ValueError past 4300 digits: the caller's
+    if kind is float:
+        number = cast(float, value)
+        return float.__repr__(number) if math.isfinite(number) else None
+    if value is None or kind is bool:
+        return _JSON_CONSTANTS[value]
+    return None
+
+
+def job_event_json(ts: str, job: Job, event: JobEvent) -> str | None:
+    """A JSON ``job.event`` record stamped ``ts``, as the JSON renderer writes its fields.
+
+    None when a value is not a plain finite scalar (the renderer's fallback decides then).
+    """
+    scalar = _json_scalar
+    try:
+        state, label = job.state, _JSON_EVENTLOG.get(event.eventlog)
+        values = (
+            scalar(job.jobid),
+            scalar(job.userid),
+            scalar(job.queue),
+            label if label is not None else scalar(event.eventlog),
+            scalar(job.seq),
+            scalar(event.name),
+            scalar(event.timestamp),
+            f'"{state}"' if state in _SAFE_STATES else scalar(state),
+        )
+        if None in values:
+            return None
+        parts = [
+            '{{"jobid": "{}", "id": {}, "userid": {}, "queue": {}, "eventlog": {}, "seq": {}, '
+            '"name": {}, "event_ts": {}, "state": {}'.format(job.f58, *values)
+        ]
+        context = event.context
+        if context:
+            items: Iterable[tuple[object, object]] = context.items()
+            if not all(type(key) is str and key.isidentifier() for key in context):
+                items = flatten_context(context).items()  # rewritten keys may collide
+                prefix = ""
+            else:
+                prefix = "ctx_"
+            for key, value in items:
+                kind = type(value)
+                if kind is str:
+                    text: str | None = _json_text(cast(str, value))
+                elif kind is int or kind is float or kind is bool or value is None:
+                    text = scalar(value)
+                else:
+                    text = scalar(_scalar(value))
+                if text is None:
+                    return None
+                parts.append(f"{_json_text(prefix + cast(str, key))}: {text}")
+    except ValueError:  # an integer too long for str()
+        return None
+    parts.append(f'"level": "info", "ts": "{ts}", "msg": "job.event"}}')
+    return ", ".join(parts)
 
 
 def job_event_logfmt(ts: str, job: Job, event: JobEvent) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
+import math
 import re
 from typing import Any
 
@@ -17,7 +19,9 @@ from fluxmon.logs import (
     LineWriter,
     LogOptions,
     LogSink,
+    _json_record,
     job_event_fields,
+    job_event_json,
     job_event_logfmt,
     make_logger,
     render_logfmt,
@@ -159,3 +163,23 @@ def test_hot_records_follow_a_format_change() -> None:
     assert first.endswith(" ctx_userid=5")
     assert second.startswith('{"jobid": "f2", "id": 1, ')
     assert second.endswith('"msg": "job.event"}')
+
+
+@given(case=jobs_and_events())
+def test_job_event_json_is_the_json_renderers_record_or_none(case: tuple[Job, JobEvent]) -> None:
+    """The direct JSON renderer equals the general one, or leaves the record to it."""
+    job, event = case
+    fields = {**job_event_fields(job, event), "level": "info", "ts": "T", "msg": "job.event"}
+    line = job_event_json("T", job, event)
+    if line is not None:
+        assert line == _json_record(fields)
+
+
+def test_job_event_json_leaves_what_json_cannot_hold_to_the_general_renderer() -> None:
+    """NaN, infinities and integers too long for ``str`` are not rendered directly."""
+    job = Job(3, 1.0)
+    for value in (math.nan, -math.inf, 10**5000):
+        assert job_event_json("T", job, JobEvent(3, MAIN, "x", 1.0, {"v": value})) is None
+    plain = job_event_json("T", job, JobEvent(3, EXEC, "x", 1.0, {"v": [1, {"b": None}]}))
+    assert plain is not None
+    assert json.loads(plain)["ctx_v"] == '[1,{"b":null}]'
