@@ -5,12 +5,14 @@ contexts and exec events), applied once to a tracker to get each event's job; th
 format (``logfmt``, ``json``) and batch size (1: a live batch of one event; 64: a replay
 or backlog batch), ``LogSink.job_event`` is called for every event between the writer's
 ``hold`` and ``release`` (as the pipeline does per batch), the writer thread writing to a
-file. It prints, median over ``--rounds`` (formats and batch sizes alternated within a
-round), the feeding thread's CPU per record (``thread_time``), the whole process's CPU
-per record including the writer thread (``process_time``), and the wall time per record
-until everything is written.
+file. A paced run (``--paced`` records, logfmt, batches of one, 1 ms apart) is how a
+live source hands records over; its CPU includes that of the pauses, measured alone
+(``pauses``) for comparison. It prints, median over ``--rounds`` (formats and batch
+sizes alternated within a round), the feeding thread's CPU per record
+(``thread_time``), the whole process's CPU per record including the writer thread
+(``process_time``), and the wall time per record until everything is written.
 
-    python benchmarks/log_records.py [--events 100000] [--rounds 5] [--json]
+    python benchmarks/log_records.py [--events 100000] [--rounds 5] [--paced 3000] [--json]
 """
 
 from __future__ import annotations
@@ -112,6 +114,22 @@ def measure(
     }
 
 
+def pauses(count: int, gap: float) -> dict[str, Any]:
+    """The paced mode's pauses alone: what its CPU per record includes besides records."""
+    wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+    for _ in range(count):
+        time.sleep(gap)
+    scale = 1e6 / count
+    return {
+        "format": "pauses",
+        "batch": "alone",
+        "records": count,
+        "feed_us": (time.thread_time() - thread) * scale,
+        "cpu_us": (time.process_time() - cpu) * scale,
+        "wall_us": (time.perf_counter() - wall) * scale,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -133,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.paced:
                 paced = work[: args.paced]
                 runs.append(measure("logfmt", PACED[0], paced, directory, gap=PACED[1]))
+                runs.append(pauses(args.paced, PACED[1]))
     if args.json:
         print(json.dumps(runs, indent=1))
     print(f"{len(work)} job.event records, {args.rounds} rounds, median [min-max] us per record")
@@ -140,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds: list[tuple[str, object]] = [(fmt, batch) for fmt in FORMATS for batch in BATCHES]
     if args.paced:
         kinds.append(("logfmt", f"{PACED[0]}+{PACED[1] * 1000:g}ms"))
+        kinds.append(("pauses", "alone"))
     for fmt, batch in kinds:
         mine = [run for run in runs if run["format"] == fmt and run["batch"] == batch]
         cells = []
