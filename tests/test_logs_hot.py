@@ -53,6 +53,10 @@ VALUES = st.recursive(
     max_leaves=8,
 )
 CONTEXTS = st.dictionaries(KEYS, VALUES, max_size=6)
+#: No deadline: the machine running the tests may be busy.
+SETTINGS = settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 @st.composite
@@ -91,7 +95,7 @@ def _chain_and_hot(fmt: LogFormat, job: Job, event: JobEvent) -> tuple[str, str]
     return chain, hot
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(SETTINGS, max_examples=300)
 @given(case=jobs_and_events(), fmt=st.sampled_from(["logfmt", "json"]))
 def test_hot_records_equal_the_chains_for_hostile_jobs_and_contexts(
     case: tuple[Job, JobEvent], fmt: LogFormat
@@ -104,6 +108,7 @@ def test_hot_records_equal_the_chains_for_hostile_jobs_and_contexts(
     assert hot.count("\n") == 1
 
 
+@SETTINGS
 @given(case=jobs_and_events())
 def test_job_event_logfmt_is_render_logfmt_of_its_fields(case: tuple[Job, JobEvent]) -> None:
     """The direct logfmt renderer equals the general one over the same fields."""
@@ -120,6 +125,7 @@ def test_colliding_context_keys_keep_the_first_place_and_the_last_value() -> Non
     assert line.endswith(' state=NEW ctx_x_y="a b" ctx_z=2')
 
 
+@SETTINGS
 @given(ns=st.integers(min_value=0, max_value=2**62))
 def test_timestamp_is_the_stampers_format(ns: int) -> None:
     """Each instant as structlog's iso UTC stamper writes it, ``.000000`` left out as it is."""
@@ -165,6 +171,7 @@ def test_hot_records_follow_a_format_change() -> None:
     assert second.endswith('"msg": "job.event"}')
 
 
+@SETTINGS
 @given(case=jobs_and_events())
 def test_job_event_json_is_the_json_renderers_record_or_none(case: tuple[Job, JobEvent]) -> None:
     """The direct JSON renderer equals the general one, or leaves the record to it."""
