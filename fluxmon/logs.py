@@ -529,9 +529,10 @@ class HotRecords:
     A record comes out byte for byte as ``log.info("job.event", **job_event_fields(...))``
     through :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``,
     in that order, filtered and rendered by the same :class:`LogOptions`); at one record
-    per event, the chain's generic steps were a tenth of fluxmon's CPU. A logfmt record is
-    rendered straight from the job and the event, and the timestamp (the stamper's
-    format, from ``time_ns``) from a per-second prefix.
+    per event, the chain's generic steps were a tenth of fluxmon's CPU. The record is
+    rendered straight from the job and the event (:func:`job_event_logfmt`,
+    :func:`job_event_json`; the renderer itself only for what JSON cannot hold as it is),
+    and the timestamp (the stamper's format, from ``time_ns``) from a per-second prefix.
     """
 
     __slots__ = ("_options", "_second", "_time_ns", "_writer")
