@@ -8,21 +8,32 @@ contract's records: ``job.event``, ``job.finished`` and ``event.rejected``.
 from __future__ import annotations
 
 import collections
+import datetime
 import errno
 import io
 import json
 import logging
+import math
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, TextIO, cast
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from fluxmon.config import LogFormat, LogLevel, LogOnFull
-from fluxmon.events import EVENTLOG_LABEL, MAX_JOBID, JobEvent, ResourceEvent, f58, shown
+from fluxmon.events import (
+    EVENTLOG_LABEL,
+    MAX_JOBID,
+    STATES,
+    JobEvent,
+    ResourceEvent,
+    f58,
+    shown,
+)
 from fluxmon.hostlist import encode_hostlist, encode_idset
 from fluxmon.resources import Node
 from fluxmon.tracker import Job, NullSink
@@ -92,6 +103,8 @@ _MARK: Final = 3
 _KIND_NAMES: Final = ("job_event", "job_finished", "other")
 
 _Entry = tuple[str, int]
+#: Seconds the writer thread gathers records after a write before it writes again.
+GATHER_SECONDS: Final = 0.01
 
 
 def _describe(stream: object, error: BaseException) -> str:
@@ -127,6 +140,11 @@ class LineWriter:
     record logged by another thread meanwhile goes straight to the buffer.
     A write that fails (EPIPE, ENOSPC, a closed stream) ends the writer: :attr:`failure`
     says why, ``on_failure`` is called once, and later records are discarded.
+
+    The writer thread is woken by the first record handed over while it sleeps; after
+    each write it gathers records for ``gather`` seconds (or until a tenth of the buffer
+    is used, or it is closed) and nothing wakes it meanwhile. Records arriving one at a
+    time (a live source) are written a few at a time, not one wake-up and one write each.
     """
 
     def __init__(
@@ -136,6 +154,7 @@ class LineWriter:
         capacity: int = 10000,
         on_full: LogOnFull = "drop",
         on_drop: Callable[[str], None] | None = None,
+        gather: float = GATHER_SECONDS,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, not {capacity}")
@@ -144,13 +163,20 @@ class LineWriter:
         self.capacity = capacity
         #: Most records in the buffer when a job.event is accepted.
         self._event_room = capacity - max(1, capacity // 10) if capacity > 1 else 1
+        self._gather = gather
+        #: Records in the buffer at which a gathering writer is woken anyway.
+        self._wake_at = max(1, capacity // 10)
+        #: The writer waits for a first record (a hand-over must wake it).
+        self._asleep = False
         self.on_full: LogOnFull = on_full
         self._on_drop = on_drop
         #: Called (from the writer thread) with the dropped counts by kind, on recovery.
         self.on_recovered: Callable[[Mapping[str, int]], None] | None = None
         self._local = threading.local()
         self._io_lock = threading.Lock()  # synchronous writes, before start()
-        self._cond = threading.Condition(threading.Lock())
+        #: The condition's lock, taken directly where nothing waits (cheaper than the condition).
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._queue: list[_Entry] = []
         #: Callbacks of the marks in the buffer, in buffer order.
         self._marks: collections.deque[Callable[[], None]] = collections.deque()
@@ -213,7 +239,8 @@ class LineWriter:
             else:
                 queue.append(("", _MARK))
                 self._marks.append(callback)
-            self._cond.notify()
+            if self._asleep:
+                self._cond.notify()
 
     # -- the buffer -----------------------------------------------------------------------
 
@@ -222,7 +249,7 @@ class LineWriter:
             self._write_now(entries)
             return
         cond = self._cond
-        with cond:
+        with self._mutex:
             if self.failure is not None:
                 return
             # Read under the lock: the writer swaps in a new list each time it takes a
@@ -234,7 +261,8 @@ class LineWriter:
                 self._wait_for_room(entries)
             else:
                 self._admit(entries)
-            cond.notify()
+            if self._asleep or len(self._queue) >= self._wake_at:
+                cond.notify()
 
     def _admit(self, entries: list[_Entry]) -> None:
         """Append what the drop policy lets in; count the rest (the lock is held)."""
@@ -324,7 +352,9 @@ class LineWriter:
         while True:
             with cond:
                 while not self._queue and not self._closing:
+                    self._asleep = True
                     cond.wait()
+                self._asleep = False
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
@@ -343,6 +373,9 @@ class LineWriter:
             if due is not None:
                 due()
             self._report_recovery()
+            with cond:  # gather: only a filling buffer, a waiting pipeline or close() wakes it
+                if self._gather > 0 and not self._closing and len(self._queue) < self._wake_at:
+                    cond.wait(self._gather)
 
     def _fail(self, error: BaseException) -> None:
         why = _describe(self._stream, error)
@@ -483,32 +516,190 @@ class LogOptions:
 
 #: The record timestamp every logger adds (``ts``: ISO 8601, UTC).
 _STAMPER: Final = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
+_UTC: Final = datetime.UTC
+#: ``job.event`` values written as they are: states, and eventlogs by their label.
+_SAFE_STATES: Final = frozenset(STATES)
+_EVENTLOG_TEXT: Final = {key: _logfmt_value(label) for key, label in EVENTLOG_LABEL.items()}
+_JSON_EVENTLOG: Final = {key: json.dumps(label) for key, label in EVENTLOG_LABEL.items()}
 
 
 class HotRecords:
     """Writes ``job.event`` records without structlog's processor chain (the hot path).
 
-    A record comes out byte for byte as ``log.info("job.event", **fields)`` through
-    :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``, in
-    that order, filtered and rendered by the same :class:`LogOptions`); at one record
-    per event, the chain's generic steps were a tenth of fluxmon's CPU.
+    A record comes out byte for byte as ``log.info("job.event", **job_event_fields(...))``
+    through :func:`make_logger`'s chain would write it (fields, ``level``, ``ts``, ``msg``,
+    in that order, filtered and rendered by the same :class:`LogOptions`); at one record
+    per event, the chain's generic steps were a tenth of fluxmon's CPU. The record is
+    rendered straight from the job and the event (:func:`job_event_logfmt`,
+    :func:`job_event_json`; the renderer itself only for what JSON cannot hold as it is),
+    and the timestamp (the stamper's format, from ``time_ns``) from a per-second prefix.
     """
 
-    __slots__ = ("_options", "_writer")
+    __slots__ = ("_options", "_second", "_time_ns", "_writer")
 
-    def __init__(self, writer: LineWriter, options: LogOptions) -> None:
+    def __init__(
+        self, writer: LineWriter, options: LogOptions, *, time_ns: Callable[[], int] = time.time_ns
+    ) -> None:
         self._writer = writer
         self._options = options
+        self._time_ns = time_ns
+        #: The last second stamped and its ``YYYY-MM-DDTHH:MM:SS`` (one tuple: one store).
+        self._second: tuple[int, str] = (-1, "")
 
-    def job_event(self, fields: dict[str, Any]) -> None:
-        """Write one ``job.event`` record of ``fields`` (consumed)."""
+    def timestamp(self) -> str:
+        """Now as the stamper writes it: ``2026-12-04T10:08:37.013293Z`` (at 0 us: ``...37Z``)."""
+        seconds, micros = divmod(self._time_ns() // 1000, 1_000_000)
+        second, prefix = self._second
+        if seconds != second:
+            prefix = datetime.datetime.fromtimestamp(seconds, _UTC).isoformat()[:19]
+            self._second = (seconds, prefix)
+        return f"{prefix}.{micros:06d}Z" if micros else prefix + "Z"
+
+    def job_event(self, job: Job, event: JobEvent) -> None:
+        """Write the ``job.event`` record of ``event`` applied to ``job``."""
         level, render = self._options.now
         if level > logging.INFO:
             return
+        if render is render_logfmt:
+            self._writer.msg(job_event_logfmt(self.timestamp(), job, event))
+            return
+        ts = self.timestamp()
+        line = job_event_json(ts, job, event)
+        if line is not None:
+            self._writer.msg(line)
+            return
+        fields = job_event_fields(job, event)
         fields["level"] = "info"
-        _STAMPER(None, "info", fields)
+        fields["ts"] = ts
         fields["msg"] = "job.event"
         self._writer.msg(cast(str, render(None, "info", fields)))  # both renderers: str
+
+
+def job_event_fields(job: Job, event: JobEvent) -> dict[str, object]:
+    """The fields of a ``job.event`` record, in record order (``ts level msg`` aside)."""
+    fields: dict[str, object] = {
+        "jobid": job.f58,
+        "id": job.jobid,
+        "userid": job.userid,
+        "queue": job.queue,
+        "eventlog": EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
+        "seq": job.seq,
+        "name": event.name,
+        "event_ts": event.timestamp,
+        "state": job.state,
+    }
+    if event.context:
+        fields.update(flatten_context(event.context))
+    return fields
+
+
+_json_text: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
+_JSON_CONSTANTS: Final[Mapping[object, str]] = {None: "null", True: "true", False: "false"}
+
+
+def _json_scalar(value: object) -> str | None:
+    """``value`` as ``json.dumps`` writes it (None: not a plain, finite scalar)."""
+    kind = type(value)
+    if kind is str:
+        return _json_text(cast(str, value))
+    if kind is int:
+        return int.__repr__(cast(int, value))  # ValueError past 4300 digits: the caller's
+    if kind is float:
+        number = cast(float, value)
+        return float.__repr__(number) if math.isfinite(number) else None
+    if value is None or kind is bool:
+        return _JSON_CONSTANTS[value]
+    return None
+
+
+def job_event_json(ts: str, job: Job, event: JobEvent) -> str | None:
+    """A JSON ``job.event`` record stamped ``ts``, as the JSON renderer writes its fields.
+
+    None when a value is not a plain finite scalar (the renderer's fallback decides then).
+    """
+    scalar = _json_scalar
+    try:
+        state, label = job.state, _JSON_EVENTLOG.get(event.eventlog)
+        values = (
+            scalar(job.jobid),
+            scalar(job.userid),
+            scalar(job.queue),
+            label if label is not None else scalar(event.eventlog),
+            scalar(job.seq),
+            scalar(event.name),
+            scalar(event.timestamp),
+            f'"{state}"' if state in _SAFE_STATES else scalar(state),
+        )
+        if None in values:
+            return None
+        parts = [
+            '{{"jobid": "{}", "id": {}, "userid": {}, "queue": {}, "eventlog": {}, "seq": {}, '
+            '"name": {}, "event_ts": {}, "state": {}'.format(job.f58, *values)
+        ]
+        context = event.context
+        if context:
+            items: Iterable[tuple[object, object]] = context.items()
+            if not all(type(key) is str and key.isidentifier() for key in context):
+                items = flatten_context(context).items()  # rewritten keys may collide
+                prefix = ""
+            else:
+                prefix = "ctx_"
+            for key, value in items:
+                kind = type(value)
+                if kind is str:
+                    text: str | None = _json_text(cast(str, value))
+                elif kind is int or kind is float or kind is bool or value is None:
+                    text = scalar(value)
+                else:
+                    text = scalar(_scalar(value))
+                if text is None:
+                    return None
+                parts.append(f"{_json_text(prefix + cast(str, key))}: {text}")
+    except ValueError:  # an integer too long for str()
+        return None
+    parts.append(f'"level": "info", "ts": "{ts}", "msg": "job.event"}}')
+    return ", ".join(parts)
+
+
+def job_event_logfmt(ts: str, job: Job, event: JobEvent) -> str:
+    """A logfmt ``job.event`` record stamped ``ts``: :func:`render_logfmt` of its fields.
+
+    Values of the expected types are written without a call per value; a context key that
+    :func:`flatten_context` would rewrite sends the whole context through it.
+    """
+    fmt = _logfmt_value
+    needs_quotes = _needs_quotes
+    jobid, userid, queue, seq = job.jobid, job.userid, job.queue, job.seq
+    name, stamp, state = event.name, event.timestamp, job.state
+    label = _EVENTLOG_TEXT.get(event.eventlog)
+    line = (
+        f"ts={ts} level=info msg=job.event jobid={job.f58}"  # f58: always safe
+        f" id={jobid if type(jobid) is int else fmt(jobid)}"
+        f" userid={userid if type(userid) is int else fmt(userid)}"
+        f" queue={queue if type(queue) is str and needs_quotes(queue) is None else fmt(queue)}"
+        f" eventlog={label if label is not None else fmt(event.eventlog)}"
+        f" seq={seq if type(seq) is int else fmt(seq)}"
+        f" name={name if type(name) is str and needs_quotes(name) is None else fmt(name)}"
+        f" event_ts={stamp if type(stamp) is float else fmt(stamp)}"
+        f" state={state if state in _SAFE_STATES else fmt(state)}"
+    )
+    context = event.context
+    if not context:
+        return line
+    parts = [line]
+    for key, value in context.items():
+        if type(key) is not str or not key.isidentifier():  # rewritten keys may collide
+            parts[1:] = [f"{k}={fmt(v)}" for k, v in flatten_context(context).items()]
+            break
+        kind = type(value)
+        if kind is str:
+            text = value if needs_quotes(value) is None else _quoted(value)
+        elif kind is int or kind is float:
+            text = str(value)
+        else:
+            text = fmt(_scalar(value))
+        parts.append(f"ctx_{key}={text}")
+    return " ".join(parts)
 
 
 def make_logger(
@@ -626,23 +817,10 @@ class LogSink(NullSink):
         """One ``job.event`` record per event (unless per-event logs are off)."""
         if not self._events:
             return
-        fields = {
-            "jobid": job.f58,
-            "id": job.jobid,
-            "userid": job.userid,
-            "queue": job.queue,
-            "eventlog": EVENTLOG_LABEL.get(event.eventlog, event.eventlog),
-            "seq": job.seq,
-            "name": event.name,
-            "event_ts": event.timestamp,
-            "state": job.state,
-        }
-        if event.context:
-            fields.update(flatten_context(event.context))
         if self._hot is not None:
-            self._hot.job_event(fields)
+            self._hot.job_event(job, event)
         else:
-            self._log.info("job.event", **fields)
+            self._log.info("job.event", **job_event_fields(job, event))
 
     def job_finished(self, job: Job) -> None:
         """One ``job.finished`` record, the job's record of account."""
