@@ -654,10 +654,19 @@ def job_finished_json(ts: str, job: Job) -> str | None:
 
     None when a value is not a plain finite scalar (the renderer's fallback decides then).
     """
-    scalar = _json_scalar
+    scalar, isfinite = _json_scalar, math.isfinite
     parts = [f'{{"jobid": "{job.f58}"']
     try:
         for head, value in zip(_FINISHED_JSON, _finished_values(job), strict=False):
+            kind = type(value)
+            if kind is float:  # the times: most of the values
+                if not isfinite(cast(float, value)):
+                    return None
+                parts.append(head + float.__repr__(cast(float, value)))
+                continue
+            if value is None:
+                parts.append(head + "null")
+                continue
             if value is _NO_BANK:
                 continue
             text = scalar(value)
