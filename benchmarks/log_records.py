@@ -12,7 +12,12 @@ sizes alternated within a round), the feeding thread's CPU per record
 (``thread_time``), the whole process's CPU per record including the writer thread
 (``process_time``), and the wall time per record until everything is written.
 
+The ``job.finished`` records of the jobs that finished (``logfmt/fin``, ``json/fin``; one
+per job, written even with per-event records off) are timed the same way, unless
+``--no-finished``.
+
     python benchmarks/log_records.py [--events 100000] [--rounds 5] [--paced 3000] [--json]
+        [--no-finished]
 """
 
 from __future__ import annotations
@@ -51,23 +56,59 @@ def _workload(events: int) -> list[str]:
 
 
 class _Pairs(NullSink):
-    """Keeps every ``(job, event)`` the tracker hands its sinks."""
+    """Keeps every ``(job, event)`` the tracker hands its sinks, and every finished job."""
 
     def __init__(self) -> None:
         self.pairs: list[tuple[Job, JobEvent]] = []
+        self.finished: list[Job] = []
 
     def job_event(self, job: Job, event: JobEvent) -> None:
         """Keep the pair."""
         self.pairs.append((job, event))
 
+    def job_finished(self, job: Job) -> None:
+        """Keep the job."""
+        self.finished.append(job)
 
-def pairs(events: int) -> list[tuple[Job, JobEvent]]:
-    """The (job, event) pairs of ``events`` generated events, as a tracker sees them."""
+
+def pairs(events: int) -> tuple[list[tuple[Job, JobEvent]], list[Job]]:
+    """The (job, event) pairs of ``events`` generated events, as a tracker sees them,
+    and the jobs that finished."""
     keep = _Pairs()
     tracker = Tracker([keep])
     for line in _workload(events):
         tracker.apply(parse_line(line))
-    return keep.pairs
+    return keep.pairs, keep.finished
+
+
+def measure_finished(fmt: LogFormat, batch: int, jobs: list[Job], directory: str) -> dict[str, Any]:
+    """Feed every finished job's ``job.finished`` record in batches of ``batch``."""
+    with open(Path(directory) / f"finished-{fmt}-{batch}.log", "w", encoding="utf-8") as stream:
+        writer = LineWriter(stream, capacity=10_000_000)
+        options = LogOptions(fmt, "info")
+        sink = LogSink(make_logger(writer, options=options), hot=HotRecords(writer, options))
+        writer.start()
+        job_finished, hold, release = sink.job_finished, writer.hold, writer.release
+        chunks = [jobs[start : start + batch] for start in range(0, len(jobs), batch)]
+        wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        for chunk in chunks:
+            hold()
+            for job in chunk:
+                job_finished(job)
+            release()
+        thread = time.thread_time() - thread
+        writer.close(600)
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+    scale = 1e6 / len(jobs)
+    return {
+        "format": f"{fmt}/fin",
+        "batch": batch,
+        "records": len(jobs),
+        "feed_us": thread * scale,
+        "cpu_us": cpu * scale,
+        "wall_us": wall * scale,
+    }
 
 
 def measure(
@@ -139,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paced", type=int, default=3000, help="records of the paced logfmt run (0: none)"
     )
+    parser.add_argument(
+        "--finished",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the job.finished records of the jobs that finished (logfmt/fin, json/fin)",
+    )
     args = parser.parse_args(argv)
-    work = pairs(args.events)
+    work, finished = pairs(args.events)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as directory:
         for number in range(args.rounds):
@@ -148,18 +195,27 @@ def main(argv: list[str] | None = None) -> int:
             if number % 2:
                 order.reverse()
             runs.extend(measure(fmt, batch, work, directory) for fmt, batch in order)
+            if args.finished and finished:
+                runs.extend(
+                    measure_finished(fmt, batch, finished, directory) for fmt, batch in order
+                )
             if args.paced:
                 paced = work[: args.paced]
                 runs.append(measure("logfmt", PACED[0], paced, directory, gap=PACED[1]))
                 runs.append(pauses(args.paced, PACED[1]))
     if args.json:
         print(json.dumps(runs, indent=1))
-    print(f"{len(work)} job.event records, {args.rounds} rounds, median [min-max] us per record")
-    print(f"{'format':8} {'batch':>9} {'feeding thread':>22} {'process CPU':>22} {'wall':>22}")
+    print(
+        f"{len(work)} job.event records ({len(finished)} job.finished: */fin), {args.rounds} "
+        "rounds, median [min-max] us per record"
+    )
+    print(f"{'format':10} {'batch':>9} {'feeding thread':>22} {'process CPU':>22} {'wall':>22}")
     kinds: list[tuple[str, object]] = [(fmt, batch) for fmt in FORMATS for batch in BATCHES]
     if args.paced:
         kinds.append(("logfmt", f"{PACED[0]}+{PACED[1] * 1000:g}ms"))
         kinds.append(("pauses", "alone"))
+    if args.finished and finished:
+        kinds.extend((f"{fmt}/fin", batch) for fmt in FORMATS for batch in BATCHES)
     for fmt, batch in kinds:
         mine = [run for run in runs if run["format"] == fmt and run["batch"] == batch]
         cells = []
@@ -168,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(
                 f"{statistics.median(values):6.2f} [{min(values):5.2f}-{max(values):5.2f}]"
             )
-        print(f"{fmt:8} {batch:>9} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+        print(f"{fmt:10} {batch:>9} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
     return 0
 
 

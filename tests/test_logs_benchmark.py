@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_log_records_benchmark_prints_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    """Each format, batch size, the paced run and the pauses get a row of three cells."""
+    """Each format and batch, of job.event and job.finished, paced, pauses: three cells a row."""
     path = ROOT / "benchmarks" / "log_records.py"
     spec = importlib.util.spec_from_file_location("bench_log_records", path)
     assert spec is not None
@@ -30,5 +30,9 @@ def test_log_records_benchmark_prints_every_mode(capsys: pytest.CaptureFixture[s
         ("json", "64"),
         ("logfmt", "1+1ms"),
         ("pauses", "alone"),
+        ("logfmt/fin", "1"),
+        ("logfmt/fin", "64"),
+        ("json/fin", "1"),
+        ("json/fin", "64"),
     ]
     assert all(row.count("[") == 3 for row in rows)

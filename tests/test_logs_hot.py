@@ -1,4 +1,4 @@
-"""The hot ``job.event`` path writes byte for byte what structlog's chain writes."""
+"""The hot ``job.event`` and ``job.finished`` records are byte for byte what the chain writes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import io
 import json
 import math
 import re
-from typing import Any
+from typing import Any, cast
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluxmon.config import LogFormat
-from fluxmon.events import EXEC, MAIN, STATES, JobEvent
+from fluxmon.config import LogFormat, LogLevel
+from fluxmon.events import EXEC, MAIN, RESULTS, STATES, JobEvent
 from fluxmon.logs import (
+    JOB_FINISHED,
     HotRecords,
     LineWriter,
     LogOptions,
@@ -23,6 +25,9 @@ from fluxmon.logs import (
     job_event_fields,
     job_event_json,
     job_event_logfmt,
+    job_finished_json,
+    job_finished_logfmt,
+    job_record,
     make_logger,
     render_logfmt,
 )
@@ -190,3 +195,217 @@ def test_job_event_json_leaves_what_json_cannot_hold_to_the_general_renderer() -
     plain = job_event_json("T", job, JobEvent(3, EXEC, "x", 1.0, {"v": [1, {"b": None}]}))
     assert plain is not None
     assert json.loads(plain)["ctx_v"] == '[1,{"b":null}]'
+
+
+#: Times as the tracker keeps them (and integers, as a JSON input could give).
+TIMES = st.one_of(st.floats(min_value=0, max_value=2e9), st.floats(allow_nan=False), st.integers())
+#: What a hostile or broken input could leave in a time: NaN, infinities, huge integers.
+ODD_TIMES = st.one_of(
+    TIMES, st.sampled_from([math.nan, math.inf, -math.inf]), st.floats(), st.just(10**5000)
+)
+#: Values of a type no field should have (each sends the JSON record to the renderer).
+ODD = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.floats(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(10**5000),
+)
+NODELISTS = st.one_of(
+    st.sampled_from(["node[0-3,7]", "n1", "a b[1-2]", "\ud800[1]", "ƒ-[00]"]), TEXT
+)
+
+
+@st.composite
+def finished_jobs(draw: st.DrawFn) -> Job:
+    """A finished job whose every field is drawn: hostile text, absent fields, and in half
+    the jobs values of odd types, NaN and infinite times and integers too long for ``str``."""
+    odd = draw(st.booleans())
+
+    def field(plain: st.SearchStrategy[Any]) -> Any:
+        """A value of ``plain`` or None, or (odd jobs) now and then one of ODD."""
+        if odd and draw(st.integers(0, 5)) == 0:
+            return draw(ODD)
+        return draw(st.one_of(st.none(), plain))
+
+    def time(optional: bool = True) -> Any:
+        """A time (None when ``optional``), odd ones in odd jobs."""
+        value = draw(ODD_TIMES if odd and draw(st.integers(0, 5)) == 0 else TIMES)
+        return None if optional and draw(st.booleans()) else value
+
+    job = Job(draw(st.integers(min_value=0, max_value=2**64 - 1)), 0.0)
+    job.userid = field(st.integers(min_value=-5, max_value=2**40))
+    job.queue = draw(TEXT) if not odd else field(TEXT)
+    job.result = field(st.sampled_from(RESULTS))
+    job.returncode = field(st.integers(min_value=-128, max_value=255))
+    job.status = field(st.integers(min_value=0, max_value=2**16))
+    job.exc_type = field(st.one_of(st.sampled_from(["cancel", "timeout"]), TEXT))
+    job.exc_severity = field(st.integers(min_value=0, max_value=7))
+    job.exc_note = field(TEXT)
+    job.t_submit, job.time_held, job.duration_limit = time(False), time(False), time(False)
+    for key in ("t_depend", "t_priority", "t_sched", "t_alloc", "t_run", "t_start",
+                "t_cleanup", "t_inactive"):  # fmt: skip
+        setattr(job, key, time())
+    for rank in range(len(STATES) - 1):
+        value = time(False)
+        job._time[rank] = value if type(value) is float else 0.5
+    for key in ("ntasks", "nnodes", "ncores", "ngpus"):
+        setattr(job, key, field(st.integers(min_value=0, max_value=2**70)))
+    job.name = field(TEXT)
+    job.nodelist = field(NODELISTS)
+    job.bank = field(TEXT)
+    job.project = field(TEXT)
+    job.state = "INACTIVE"
+    return job
+
+
+def _finished(fmt: LogFormat, job: Job, *, hot: bool) -> str | type:
+    """``job``'s ``job.finished`` through the chain or the hot path (or the error raised)."""
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    options = LogOptions(fmt, "info")
+    records = HotRecords(writer, options, time_ns=lambda: 1_795_880_016_659_444_600)
+    sink = LogSink(make_logger(writer, options=options), hot=records if hot else None)
+    try:
+        sink.job_finished(job)
+    except Exception as error:  # the chain raises too (a sink error, counted by the tracker)
+        assert stream.getvalue() == ""
+        return type(error)
+    return stream.getvalue()
+
+
+def _same_ts(line: str) -> str:
+    """``line`` with its timestamp replaced by the fixed one the hot path is given."""
+    ts = "2026-11-28T15:33:36.659444Z"
+    line = re.sub(r"^ts=\S+ ", f"ts={ts} ", line)
+    return re.sub(
+        r'"ts": "[^"]*", "msg": "job.finished"}$', f'"ts": "{ts}", "msg": "job.finished"}}', line
+    )
+
+
+@settings(SETTINGS, max_examples=400)
+@given(job=finished_jobs(), fmt=st.sampled_from(["logfmt", "json"]))
+def test_hot_job_finished_equals_the_chains_for_hostile_jobs(job: Job, fmt: LogFormat) -> None:
+    """Odd names, unicode, surrogates, huge and non-finite values, absent fields: the same bytes."""
+    chain = _finished(fmt, job, hot=False)
+    hot = _finished(fmt, job, hot=True)
+    if isinstance(chain, str):
+        assert isinstance(hot, str)
+        assert hot.count("\n") == 1
+        assert hot == _same_ts(chain)
+    else:
+        assert hot is chain
+
+
+@SETTINGS
+@given(job=finished_jobs())
+def test_job_finished_logfmt_is_render_logfmt_of_job_record(job: Job) -> None:
+    """The direct logfmt renderer equals the general one over job_record's fields."""
+    try:
+        fields = {**job_record(job), "level": "info", "ts": "T", "msg": "job.finished"}
+        expected: str | type = render_logfmt(None, "info", fields)
+    except (ValueError, OverflowError) as error:  # too long for str(), or for a float
+        expected = type(error)
+    try:
+        got: str | type = job_finished_logfmt("T", job)
+    except (ValueError, OverflowError) as error:
+        got = type(error)
+    assert got == expected
+
+
+@SETTINGS
+@given(job=finished_jobs())
+def test_job_finished_json_is_the_json_renderers_record_or_none(job: Job) -> None:
+    """The direct JSON renderer equals the general one, leaves the record to it, or both raise."""
+    try:
+        fields = {**job_record(job), "level": "info", "ts": "T", "msg": "job.finished"}
+    except OverflowError:  # a time too large for a float: no record from either
+        with pytest.raises(OverflowError):
+            job_finished_json("T", job)
+        return
+    line = job_finished_json("T", job)
+    if line is not None:
+        assert line == _json_record(fields)
+        assert json.loads(line)["msg"] == "job.finished"
+
+
+def _typical_job() -> Job:
+    """A job that ran and completed, every field of its record set."""
+    job = Job(1234, 100.0)
+    job.userid, job.queue, job.result, job.returncode, job.status = 500, "batch", "completed", 0, 0
+    job.t_depend, job.t_priority, job.t_sched, job.t_alloc = 100.1, 100.2, 100.3, 101.5
+    job.t_run, job.t_start, job.t_cleanup, job.t_inactive = 101.5, 101.7, 160.0, 160.5
+    job.ntasks, job.nnodes, job.ncores, job.ngpus = 4, 2, 8, 0
+    job.name, job.nodelist, job.project, job.duration_limit = "my job", "node[1-2]", "p1", 3600.0
+    job.state = "INACTIVE"
+    return job
+
+
+def test_job_finished_with_a_project_and_no_bank_names_no_bank() -> None:
+    """A project without a bank: the record has ``project`` and no ``bank`` key, in both formats."""
+    job = _typical_job()
+    logfmt = _finished("logfmt", job, hot=True)
+    assert isinstance(logfmt, str)
+    assert logfmt.endswith(' name="my job" nodelist=node[1-2] ncores=8 ngpus=0 project=p1\n')
+    assert " bank=" not in logfmt
+    text = _finished("json", job, hot=True)
+    assert isinstance(text, str)
+    record = json.loads(text)
+    assert "bank" not in record
+    assert list(record)[-6:] == ["ncores", "ngpus", "project", "level", "ts", "msg"]
+
+
+def test_job_finished_json_leaves_nan_and_huge_integers_to_the_general_renderer() -> None:
+    """NaN in a time or an integer too long for ``str``: no direct JSON, the renderer's record."""
+    for key, value in (("t_run", math.nan), ("t_alloc", math.inf), ("returncode", 10**5000)):
+        job = _typical_job()
+        setattr(job, key, value)
+        assert job_finished_json("T", job) is None
+        line = _finished("json", job, hot=True)
+        assert isinstance(line, str)
+        assert line == _same_ts(cast(str, _finished("json", job, hot=False)))
+    assert job_finished_json("T", _typical_job()) is not None
+
+
+def test_hot_job_finished_follows_level_and_format_changes() -> None:
+    """A reload changes the very next job.finished, level and format, as it does the chain's."""
+    options = LogOptions("logfmt", "info")
+    streams = [io.StringIO(), io.StringIO()]
+    hot_writer, chain_writer = LineWriter(streams[0]), LineWriter(streams[1])
+    hot = LogSink(make_logger(hot_writer, options=options), hot=HotRecords(hot_writer, options))
+    chain = LogSink(make_logger(chain_writer, options=options))
+    job = _typical_job()
+    changes: list[tuple[LogFormat, LogLevel]] = [
+        ("logfmt", "info"), ("json", "info"), ("json", "warning"),
+        ("logfmt", "debug"), ("logfmt", "error"), ("json", "debug"),
+    ]  # fmt: skip
+    for fmt, level in changes:
+        options.set(fmt, level)
+        hot.job_finished(job)
+        chain.job_finished(job)
+    hot_lines, chain_lines = (stream.getvalue().splitlines() for stream in streams)
+    assert [_same_ts(line) for line in hot_lines] == [_same_ts(line) for line in chain_lines]
+    assert len(hot_lines) == 4
+    assert hot_lines[0].startswith("ts=")
+    assert " msg=job.finished jobid=" in hot_lines[0]
+    assert hot_lines[1].startswith('{"jobid": ')
+    assert hot_lines[1].endswith('"msg": "job.finished"}')
+    assert hot_lines[2].startswith("ts=")
+    assert hot_lines[3].startswith('{"jobid": ')
+
+
+def test_hot_job_finished_is_marked_as_the_record_of_account() -> None:
+    """The writer is told a hot job.finished is a job.finished (the last to be dropped)."""
+    kinds: list[int] = []
+
+    class Spy(LineWriter):
+        def msg(self, message: str, kind: int = 0) -> None:
+            kinds.append(kind)
+
+    writer = Spy(io.StringIO())
+    options = LogOptions("json", "info")
+    LogSink(make_logger(writer, options=options), hot=HotRecords(writer, options)).job_finished(
+        _typical_job()
+    )
+    assert kinds == [JOB_FINISHED]
