@@ -231,6 +231,32 @@ def decode_json(data: bytes | str) -> Any:
         raise InvalidEvent(f"not JSON: {err}") from None
 
 
+#: The bytes :func:`decode_line` looks for, each kept as one class: digits become ``0``,
+#: both opening brackets ``{``, the backslash and ``u`` themselves; all else a space.
+_SCAN: Final = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x7B if b in b"{[" else b if b in b"\\u" else 0x20
+    for b in range(256)
+)
+
+
+def decode_line(data: bytes) -> tuple[Any, bool]:
+    r""":func:`decode_json` of a line, and :func:`needs_walk` of it, from one scan of it.
+
+    The same value or :class:`InvalidEvent`, and the same flag, as the two calls: the
+    line is translated once (:data:`_SCAN`) to find long digit runs, brackets and ``\u``.
+    """
+    if not (_fast and _fast_loads is not None):
+        return decode_json(data), needs_walk(data)
+    scan = data.translate(_SCAN)
+    walk = scan.count(b"{") > MAX_DEPTH or b"\\u" in scan
+    if _LONG_RUN not in scan:
+        try:
+            return _fast_loads(data), walk
+        except _FastError:
+            pass  # decode_json says why, in the standard library's words
+    return decode_json(data), walk
+
+
 def _not_utf8(text: str, what: str) -> None:
     """Raise InvalidEvent if ``text`` cannot be written as UTF-8 (a lone surrogate)."""
     try:
