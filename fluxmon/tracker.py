@@ -380,26 +380,23 @@ def returncode_of(status: int | None, result: Result | None) -> int | None:
     return None
 
 
-#: The system attributes of a jobspec that has none (read-only, shared).
-_NO_ATTRIBUTES: Final[Mapping[str, Any]] = MappingProxyType({})
-
-
-def _queue_in(system: Mapping[str, Any]) -> str:
+def _queue_of(jobspec: Mapping[str, Any]) -> str:
+    system = _system_attributes(jobspec)
     queue = system.get("queue")
     return queue if isinstance(queue, str) and queue else DEFAULT_QUEUE
 
 
 def _system_attributes(jobspec: Mapping[str, Any]) -> Mapping[str, Any]:
     attributes = jobspec.get("attributes")
-    if type(attributes) is dict or isinstance(attributes, Mapping):
+    if isinstance(attributes, Mapping):
         system = attributes.get("system")
-        if type(system) is dict or isinstance(system, Mapping):
+        if isinstance(system, Mapping):
             return system
-    return _NO_ATTRIBUTES
+    return {}
 
 
-def _duration_in(system: Mapping[str, Any]) -> float:
-    value = system.get("duration")
+def _duration_of(jobspec: Mapping[str, Any]) -> float:
+    value = _system_attributes(jobspec).get("duration")
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return max(float(value), 0.0)
     return 0.0
@@ -728,10 +725,10 @@ class Tracker:
             if not isinstance(event.jobspec, Mapping):
                 return self._reject("malformed", "jobspec is not an object", event)
             try:
-                system = _system_attributes(event.jobspec)  # once, for all four
-                job.queue = _queue_in(system)
-                job.duration_limit = _duration_in(system)
+                job.queue = _queue_of(event.jobspec)
+                job.duration_limit = _duration_of(event.jobspec)
                 job.ntasks, job.nnodes = _tasks_and_nodes(event.jobspec)
+                system = _system_attributes(event.jobspec)
                 job.name = _text_attribute(system, "job", "name")
                 job.bank = _text_attribute(system, "bank")
                 job.project = _text_attribute(system, "project")
