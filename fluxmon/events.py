@@ -231,6 +231,32 @@ def decode_json(data: bytes | str) -> Any:
         raise InvalidEvent(f"not JSON: {err}") from None
 
 
+#: The bytes :func:`decode_line` looks for, each kept as one class: digits become ``0``,
+#: both opening brackets ``{``, the backslash and ``u`` themselves; all else a space.
+_SCAN: Final = bytes(
+    0x30 if 0x30 <= b <= 0x39 else 0x7B if b in b"{[" else b if b in b"\\u" else 0x20
+    for b in range(256)
+)
+
+
+def decode_line(data: bytes) -> tuple[Any, bool]:
+    r""":func:`decode_json` of a line, and :func:`needs_walk` of it, from one scan of it.
+
+    The same value or :class:`InvalidEvent`, and the same flag, as the two calls: the
+    line is translated once (:data:`_SCAN`) to find long digit runs, brackets and ``\u``.
+    """
+    if not (_fast and _fast_loads is not None):
+        return decode_json(data), needs_walk(data)
+    scan = data.translate(_SCAN)
+    walk = scan.count(b"{") > MAX_DEPTH or b"\\u" in scan
+    if _LONG_RUN not in scan:
+        try:
+            return _fast_loads(data), walk
+        except _FastError:
+            pass  # decode_json says why, in the standard library's words
+    return decode_json(data), walk
+
+
 def _not_utf8(text: str, what: str) -> None:
     """Raise InvalidEvent if ``text`` cannot be written as UTF-8 (a lone surrogate)."""
     try:
@@ -268,7 +294,60 @@ def check_tree(value: object, what: str) -> None:
 
     That is: nested deeper than :data:`MAX_DEPTH`, a non-finite float, a string (or key)
     that is not UTF-8, anything not JSON. Iterative, so no depth makes it recurse.
+    A flat dict of ASCII keys and plain scalars (most contexts) is passed in one loop;
+    anything else is walked by :func:`_walk_tree`, which also says what is wrong.
     """
+    if type(value) is dict:
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not key.isascii():
+                break
+            if kind is str:
+                if not item.isascii():
+                    break
+            elif kind is float:
+                if item - item != 0.0:  # inf or nan
+                    break
+            elif kind is not int and kind is not bool and item is not None:
+                break
+        else:
+            return
+    level: list[Any] = [value]
+    depth = 1
+    while level:  # level by level, exact JSON types only; anything else: _walk_tree
+        below: list[Any] = []
+        for node in level:
+            kind = type(node)
+            if kind is str:
+                if node.isascii():
+                    continue
+            elif kind is dict:
+                if depth <= MAX_DEPTH:
+                    for key in node:
+                        if type(key) is not str or not key.isascii():
+                            break
+                    else:
+                        below.extend(node.values())
+                        continue
+            elif kind is list:
+                if depth <= MAX_DEPTH:
+                    below.extend(node)
+                    continue
+            elif (
+                kind is int
+                or kind is bool
+                or node is None
+                or (kind is float and node - node == 0.0)  # finite
+            ):
+                continue
+            _walk_tree(value, what)  # a fault, or a node to look at closer: it says which
+            return
+        level = below
+        depth += 1
+
+
+def _walk_tree(value: object, what: str) -> None:
+    """:func:`check_tree` for any value: every node visited, the first fault refused."""
     stack: list[tuple[object, int]] = [(value, 1)]
     pop, push = stack.pop, stack.append
     while stack:

@@ -172,12 +172,52 @@ def _idset(context: Mapping[str, Any], key: str = "idset") -> list[int]:
     return decode_idset(value, MAX_RANKS)
 
 
+#: Decoded idsets and hostlists of R, by their text (and limit): R_lite shapes repeat
+#: from job to job, so an alloc mostly finds its ``rank``, ``core`` and ``nodelist``
+#: strings decoded already. Only short results are kept; text that does not decode is
+#: not kept (decoding it again raises the same error).
+_IDSETS: dict[str, tuple[int, ...]] = {}
+_HOSTLISTS: dict[tuple[str, int], tuple[str, ...]] = {}
+#: Most entries each memo holds (it is emptied when full), and the longest result kept.
+MEMO_ENTRIES: Final = 4096
+MEMO_LENGTH: Final = 256
+
+
+def _ids_of(text: object) -> Sequence[int]:
+    """``decode_idset(text, MAX_RANKS)``, memoised for short results of string text."""
+    if type(text) is not str:
+        return decode_idset(text, MAX_RANKS)  # type: ignore[arg-type]  # raises
+    found = _IDSETS.get(text)
+    if found is None:
+        found = tuple(decode_idset(text, MAX_RANKS))
+        if len(found) <= MEMO_LENGTH:
+            if len(_IDSETS) >= MEMO_ENTRIES:
+                _IDSETS.clear()
+            _IDSETS[text] = found
+    return found
+
+
+def _hosts_of(text: object, limit: int) -> Sequence[str]:
+    """``decode_hostlist(text, limit)``, memoised for short results of string text."""
+    if type(text) is not str:
+        return decode_hostlist(text, limit)  # type: ignore[arg-type]  # raises
+    key = (text, limit)
+    found = _HOSTLISTS.get(key)
+    if found is None:
+        found = tuple(decode_hostlist(text, limit))
+        if len(found) <= MEMO_LENGTH:
+            if len(_HOSTLISTS) >= MEMO_ENTRIES:
+                _HOSTLISTS.clear()
+            _HOSTLISTS[key] = found
+    return found
+
+
 def _count_ids(value: object) -> int:
     if value is None:
         return 0
     if not isinstance(value, str):
         raise ValueError("a children idset must be a string")
-    return len(decode_idset(value, MAX_RANKS))
+    return len(_ids_of(value))
 
 
 def parse_R(R: object) -> tuple[dict[int, tuple[int, int]], list[str], dict[str, list[int]]]:
@@ -198,7 +238,7 @@ def parse_R(R: object) -> tuple[dict[int, tuple[int, int]], list[str], dict[str,
     for entry in r_lite:
         if not isinstance(entry, Mapping):
             raise ValueError("an R_lite entry is not an object")
-        rank_ids = decode_idset(entry.get("rank"), MAX_RANKS)  # type: ignore[arg-type]
+        rank_ids = _ids_of(entry.get("rank"))
         children = entry.get("children")
         if not isinstance(children, Mapping):
             raise ValueError("an R_lite entry has no children object")
@@ -215,13 +255,13 @@ def parse_R(R: object) -> tuple[dict[int, tuple[int, int]], list[str], dict[str,
         nodelist = [nodelist]
     if isinstance(nodelist, list):
         for part in nodelist:
-            hosts.extend(decode_hostlist(part, MAX_RANKS - len(hosts)))  # ValueError if not str
+            hosts.extend(_hosts_of(part, MAX_RANKS - len(hosts)))  # ValueError if not str
     properties: dict[str, list[int]] = {}
     props = execution.get("properties")
     if isinstance(props, Mapping):
         for name, ids in props.items():
             if isinstance(name, str) and isinstance(ids, str):
-                properties[name] = decode_idset(ids, MAX_RANKS)
+                properties[name] = list(_ids_of(ids))
     return ranks, hosts, properties
 
 

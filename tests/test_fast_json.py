@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fluxmon.events import InvalidEvent, decode_json, fast_json
+from fluxmon.events import InvalidEvent, decode_json, decode_line, fast_json, needs_walk
 from fluxmon.sources.replay import LineError, parse_line
 from tests.test_hostile_input import CRASHERS, FIXED_REFUSALS, garbage_lines, json_values
 
@@ -147,3 +147,59 @@ def test_floats_round_trip_alike(number: float) -> None:
     """Every finite float, as repr and as json writes it, decodes to the same float."""
     for text in (repr(number), json.dumps(number), f"{number:.17e}", f"{number:.15g}"):
         check_same(decode_json, text)
+
+
+def two_calls(data: bytes) -> tuple[str, object, bool]:
+    """What decode_json and needs_walk, called one after the other, make of ``data``."""
+    walk = needs_walk(data)
+    try:
+        return "value", decode_json(data), walk
+    except InvalidEvent as err:
+        return "refused", str(err), walk
+
+
+def one_scan(data: bytes) -> tuple[str, object, bool]:
+    """What decode_line makes of ``data``, in the shape of :func:`two_calls`."""
+    try:
+        value, walk = decode_line(data)
+    except InvalidEvent as err:
+        return "refused", str(err), needs_walk(data)
+    return "value", value, walk
+
+
+def check_one_scan(data: bytes) -> None:
+    """decode_line agrees with decode_json and needs_walk, with orjson on and off."""
+    for fast in (True, False):
+        fast_json(fast)
+        got, want = one_scan(data), two_calls(data)
+        assert got[0] == want[0], (data, fast, got, want)
+        assert got[2] == want[2], (data, fast, got, want)
+        assert same(got[1], want[1]) if got[0] == "value" else got[1] == want[1]
+
+
+@pytest.mark.parametrize("data", EDGES, ids=range(len(EDGES)))
+def test_one_scan_agrees_on_the_edges(data: bytes) -> None:
+    """Big integers, surrogates, escapes, depth: decode_line is decode_json + needs_walk."""
+    check_one_scan(data)
+
+
+@given(json_values, st.integers(0, 80))
+@example({"a": "\\u0041"}, 0)
+@example({"a": 10**19}, 0)
+@example({"a": 10**18}, 64)
+def test_one_scan_agrees_on_any_json(value: object, depth: int) -> None:
+    """Any JSON value, nested in ``depth`` lists and dicts alternately, scans alike."""
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    for ensure_ascii in (True, False):
+        try:
+            data = json.dumps(value, ensure_ascii=ensure_ascii).encode()
+        except UnicodeEncodeError:  # a lone surrogate, unescaped: not a bytes line
+            continue
+        check_one_scan(data)
+
+
+@given(garbage_lines | st.binary(max_size=200))
+def test_one_scan_agrees_on_garbage(data: bytes) -> None:
+    """Any bytes at all (brackets, backslashes, digit runs): decode_line scans alike."""
+    check_one_scan(data)

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import pytest
@@ -272,6 +273,49 @@ def test_check_tree_refuses_what_json_cannot_hold() -> None:
     for value in ({1: "x"}, {"x": math.nan}, {"x": object()}, [[[{"k": "\ud800"}]]]):
         with pytest.raises(InvalidEvent):
             check_tree(value, "context")
+
+
+#: Anything a source could hand check_tree: JSON and what JSON cannot hold (NaN, lone
+#: surrogates in strings and keys, non-string keys, sets, tuples, read-only mappings,
+#: subclasses of str, int and dict), nested to any depth.
+_odd_keys = texts | st.integers() | st.none() | st.just("\udc80")
+_tree_scalars = scalars | st.just("\ud800x") | st.builds(type("Text", (str,), {}), texts)
+_tree_values = st.recursive(
+    _tree_scalars | st.sampled_from([math.inf, -math.inf, math.nan, 1e308, b"x", object()]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(texts, inner, max_size=4)
+        | st.dictionaries(_odd_keys, inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(texts, inner, max_size=3).map(MappingProxyType)
+        | st.frozensets(st.integers(), max_size=2)
+    ),
+    max_leaves=20,
+)
+
+
+def _verdict(check: Any, value: object) -> str | None:
+    """None when ``check`` accepts ``value``, else its refusal's message."""
+    try:
+        check(value, "context")
+    except InvalidEvent as err:
+        return str(err)
+    return None
+
+
+@settings(max_examples=200)
+@given(_tree_values, st.integers(0, 2 * MAX_DEPTH), st.booleans())
+@example({"a": 1, "b": "x", "c": None, "d": 1.5, "e": True}, 0, False)
+@example({"a": [1, {"b": math.nan}], "c": "\ud800"}, 0, False)
+@example([], MAX_DEPTH - 1, True)
+@example([], MAX_DEPTH, True)
+def test_check_tree_agrees_with_the_full_walk(value: object, depth: int, lists: bool) -> None:
+    """check_tree's fast paths accept and refuse (same message) as the plain walk does."""
+    from fluxmon.events import _walk_tree
+
+    for level in range(depth):
+        value = [value] if lists or level % 2 else {"k": value}
+    assert _verdict(check_tree, value) == _verdict(_walk_tree, value)
 
 
 class Reads:

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from fluxmon.app import build
@@ -21,6 +23,7 @@ from fluxmon.sources.replay import (
     UnreadableInput,
     format_event,
     parse_line,
+    read_entries,
 )
 from fluxmon.testing import lifecycle, replay_lines
 from tests.conftest import DATA, SCENARIOS
@@ -188,3 +191,13 @@ def test_replay_is_deterministic() -> None:
     second = fluxmon("replay", str(DATA / "journal.replay.jsonl"))
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
+
+
+_spaces = st.text(alphabet=" \t\r\n\x0b\x0c\x1c\x85\xa0\u2028\u3000x{}", max_size=8)
+
+
+@given(st.lists(_spaces | _spaces.map(lambda t: t.encode("utf-8", "surrogatepass")), max_size=6))
+def test_blank_lines_are_those_strip_empties(lines: list[str | bytes]) -> None:
+    """A line is skipped as blank exactly when ``strip`` leaves nothing (str and bytes)."""
+    numbered = [lineno for lineno, _ in read_entries(lines)]
+    assert numbered == [n for n, line in enumerate(lines, 1) if line.strip()]

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -664,3 +665,62 @@ def test_torpid_lively_reason_update_and_resource_update() -> None:
     assert value(parts, "flux_node_drains_total", reason="b") is None
     assert parts.pipeline.resources.expiration == 99.5
     assert value(parts, "flux_resource_events_total", name="resource-update") == 1
+
+
+#: Text of idsets and hostlists for R: valid, empty, backwards, too many ids, not text.
+_r_text = st.one_of(
+    st.sampled_from(["0", "0-3", "1,3-5", "", "[0-1]", "3-1", "0-999999999", "x", "0-"]),
+    st.text(alphabet="0123456789-,[] ", max_size=12),
+)
+_r_hosts = st.sampled_from(["node0", "node[0-3]", "n[1-2],m7", "", "a[1-", "b[3-1]", "c[0-9]"])
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(_r_text, _r_text | st.none() | st.integers(), _r_text | st.none()), max_size=4
+    ),
+    st.lists(_r_hosts, max_size=3) | _r_hosts | st.integers(),
+    st.dictionaries(st.sampled_from(["gpu-big", "ssd"]), _r_text, max_size=2),
+)
+def test_parse_R_memo_changes_no_result(
+    lite: list[tuple[str, object, object]], nodelist: object, props: dict[str, str]
+) -> None:
+    """parse_R gives the result or error it gave unmemoised, with its memo cold and warm."""
+    from fluxmon import resources
+
+    R = {
+        "execution": {
+            "R_lite": [
+                {"rank": rank, "children": {"core": core, "gpu": gpu}} for rank, core, gpu in lite
+            ],
+            "nodelist": nodelist,
+            "properties": props,
+        }
+    }
+
+    def outcome() -> tuple[str, object]:
+        try:
+            return "value", parse_R(R)
+        except ValueError as err:
+            return type(err).__name__, str(err)
+
+    def plain_ids(text: object) -> list[int]:
+        return decode_idset(text, resources.MAX_RANKS)  # type: ignore[arg-type]
+
+    with (
+        mock.patch.object(resources, "_ids_of", plain_ids),
+        mock.patch.object(resources, "_hosts_of", decode_hostlist),
+    ):
+        unmemoised = outcome()
+    resources._IDSETS.clear()
+    resources._HOSTLISTS.clear()
+    cold = outcome()
+    warm = outcome()
+    assert cold == warm == unmemoised
+    if cold[0] == "value":  # the properties are the caller's own lists, not the memo's
+        value = cold[1]
+        assert isinstance(value, tuple)
+        for ids in value[2].values():
+            ids.append(-1)
+        assert outcome() == warm

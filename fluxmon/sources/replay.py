@@ -27,6 +27,7 @@ from fluxmon.events import (
     JobEvent,
     ResourceEvent,
     decode_json,
+    decode_line,
     entry_event,
     needs_walk,
     parse_jobid,
@@ -74,13 +75,16 @@ def parse_entry(line: bytes | str, *, resources: bool = True) -> JobEvent | Reso
     checked by :func:`fluxmon.events.resource_entry_event`. Raises :class:`LineError`.
     """
     try:
-        obj = decode_json(line)
+        if type(line) is bytes:
+            obj, walk = decode_line(line)
+        else:
+            obj, walk = decode_json(line), needs_walk(line)
         if type(obj) is not dict:
             raise InvalidEvent(f"a line must be a JSON object, not {type(obj).__name__}")
         if resources and "resource" in obj:
             if obj["resource"] is not True:
                 raise InvalidEvent(f"resource must be true, not {shown(obj['resource'])}")
-            return resource_entry_event(obj, walk=needs_walk(line))
+            return resource_entry_event(obj, walk=walk)
         try:
             jobid = obj["id"]
         except KeyError:
@@ -92,9 +96,7 @@ def parse_entry(line: bytes | str, *, resources: bool = True) -> JobEvent | Reso
         eventlog = obj.get("eventlog", MAIN)
         if eventlog not in EVENTLOGS:
             raise InvalidEvent(f"eventlog {shown(eventlog)} is not one of {', '.join(EVENTLOGS)}")
-        return entry_event(
-            jobid, eventlog, obj, obj.get("jobspec"), obj.get("R"), walk=needs_walk(line)
-        )
+        return entry_event(jobid, eventlog, obj, obj.get("jobspec"), obj.get("R"), walk=walk)
     except ValueError as err:  # InvalidEvent, and parse_jobid's ValueError
         raise LineError(str(err)) from None
 
@@ -173,7 +175,7 @@ def read_entries(
                 ),
             )
             continue
-        if not line.strip():
+        if not line or line.isspace():  # blank (isspace: no copy, unlike strip)
             continue
         try:
             yield lineno, parse_entry(line, resources=resources)
