@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from fluxmon.events import DEFAULT_QUEUE, MAIN, JobEvent, ResourceEvent
 from fluxmon.hostlist import decode_hostlist, decode_idset
@@ -183,33 +183,36 @@ MEMO_ENTRIES: Final = 4096
 MEMO_LENGTH: Final = 256
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def _memoised(
+    memo: dict[K, tuple[V, ...]], key: K, decode: Callable[[], Iterable[V]]
+) -> tuple[V, ...]:
+    """``tuple(decode())``, kept in ``memo`` under ``key`` when it is short."""
+    found = memo.get(key)
+    if found is None:
+        found = tuple(decode())
+        if len(found) <= MEMO_LENGTH:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = found
+    return found
+
+
 def _ids_of(text: object) -> Sequence[int]:
     """``decode_idset(text, MAX_RANKS)``, memoised for short results of string text."""
     if type(text) is not str:
         return decode_idset(text, MAX_RANKS)  # type: ignore[arg-type]  # raises
-    found = _IDSETS.get(text)
-    if found is None:
-        found = tuple(decode_idset(text, MAX_RANKS))
-        if len(found) <= MEMO_LENGTH:
-            if len(_IDSETS) >= MEMO_ENTRIES:
-                _IDSETS.clear()
-            _IDSETS[text] = found
-    return found
+    return _memoised(_IDSETS, text, lambda: decode_idset(text, MAX_RANKS))
 
 
 def _hosts_of(text: object, limit: int) -> Sequence[str]:
     """``decode_hostlist(text, limit)``, memoised for short results of string text."""
     if type(text) is not str:
         return decode_hostlist(text, limit)  # type: ignore[arg-type]  # raises
-    key = (text, limit)
-    found = _HOSTLISTS.get(key)
-    if found is None:
-        found = tuple(decode_hostlist(text, limit))
-        if len(found) <= MEMO_LENGTH:
-            if len(_HOSTLISTS) >= MEMO_ENTRIES:
-                _HOSTLISTS.clear()
-            _HOSTLISTS[key] = found
-    return found
+    return _memoised(_HOSTLISTS, (text, limit), lambda: decode_hostlist(text, limit))
 
 
 def _count_ids(value: object) -> int:

@@ -1030,13 +1030,9 @@ class FakeBroker:
             WatchOpened(self.now, jobid, eventlog, waitcreate, handle.number)
         )
         job = self.jobs.get(jobid)
-        if job is None or not job.main_shown or job.purged:
-            fut.push(OSError(errno.ENOENT, f"job {jobid} not found"))
-        elif job.userid != handle.userid and not handle.owner:
-            fut.push(OSError(errno.EPERM, "Operation not permitted"))
-        elif eventlog in job.watch_errno:
-            code = job.watch_errno[eventlog]
-            fut.push(OSError(code, os.strerror(code)))
+        refused = self._refusal(handle, jobid, job, eventlog)
+        if refused is not None or job is None:
+            fut.push(refused or OSError(errno.ENOENT, f"job {jobid} not found"))
         elif eventlog == MAIN:
             self._feed_main(job, fut)
         elif eventlog == EXEC:
@@ -1045,19 +1041,29 @@ class FakeBroker:
             fut.push(OSError(errno.ENOENT, f"{eventlog} not found"))
         return fut
 
+    @staticmethod
+    def _refusal(
+        handle: FakeHandle, jobid: int, job: FakeJob | None, eventlog: str
+    ) -> OSError | None:
+        """Why job-info refuses a watch or read of the job's eventlog (None: it does not)."""
+        if job is None or not job.main_shown or job.purged:
+            return OSError(errno.ENOENT, f"job {jobid} not found")
+        if job.userid != handle.userid and not handle.owner:
+            return OSError(errno.EPERM, "Operation not permitted")
+        if eventlog in job.watch_errno:
+            code = job.watch_errno[eventlog]
+            return OSError(code, os.strerror(code))
+        return None
+
     def exec_eventlog(self, handle: FakeHandle, jobid: int) -> FakeRPC:
         """``job-info.lookup`` of one job's ``guest.exec.eventlog``: the whole text, once."""
         handle.check()
         fut = FakeRPC(handle, "exec-read")
         self.exec_reads.append((self.now, jobid))
         job = self.jobs.get(jobid)
-        if job is None or not job.main_shown or job.purged:
-            fut.push(OSError(errno.ENOENT, f"job {jobid} not found"))
-        elif job.userid != handle.userid and not handle.owner:
-            fut.push(OSError(errno.EPERM, "Operation not permitted"))
-        elif EXEC in job.watch_errno:
-            code = job.watch_errno[EXEC]
-            fut.push(OSError(code, os.strerror(code)))
+        refused = self._refusal(handle, jobid, job, EXEC)
+        if refused is not None or job is None:
+            fut.push(refused or OSError(errno.ENOENT, f"job {jobid} not found"))
         elif not job.started:
             fut.push(OSError(errno.ENOENT, f"{EXEC}: key not found"))
         elif job.exec_read_delay is not None:

@@ -245,6 +245,22 @@ def truth(broker: FakeBroker, jobids: Iterable[int]) -> Counter[tuple[str, str]]
     return Counter(broker.eventlog_lines(jobids))
 
 
+def truth_without_exec(broker: FakeBroker, victim: int) -> Counter[tuple[str, str]]:
+    """What should be counted when ``victim``'s exec events are given up: its main events."""
+    others = [j for j in broker.jobs if j != victim]
+    return truth(broker, others) + Counter(
+        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
+    )
+
+
+def exec_fault_run(fault: Callable[[FakeJob], None]) -> tuple[FakeBroker, Run, int]:
+    """The scenario with ``fault`` done to one job (b-exit3): the broker, the run, the job."""
+    broker = scenario_broker()
+    victim = expected()["b-exit3"]["id"]
+    fault(broker.jobs[victim])
+    return broker, run_source(broker), victim
+
+
 def watches(broker: FakeBroker, eventlog: str) -> Counter[int]:
     """Watches the broker was asked for on ``eventlog``, by job."""
     return Counter(w.jobid for w in broker.watches_opened if w.eventlog == eventlog)
@@ -458,20 +474,13 @@ def test_exec_eventlog_read_once_per_allocated_job_at_its_clean() -> None:
 @pytest.mark.parametrize("code", [errno.EPERM, errno.EIO])
 def test_exec_eventlog_read_error_is_counted_and_the_job_finishes(code: int) -> None:
     """At-clean: a read failing is counted by errno and abandoned; the job still finishes."""
-    broker = scenario_broker()
-    victim = expected()["b-exit3"]["id"]
-    broker.jobs[victim].watch_errno[EXEC] = code
-    run = run_source(broker)
+    broker, run, victim = exec_fault_run(lambda job: job.watch_errno.update({EXEC: code}))
     name = errno.errorcode[code]
     assert run.samples("fluxmon_watch_errors_total") == [({"errno": name}, 1.0)]
     (record,) = run.records("source.exec_abandoned")
     assert (record["id"], record["reason"]) == (victim, "error")
     assert name in record["detail"]
-    others = [j for j in broker.jobs if j != victim]
-    want = truth(broker, others) + Counter(
-        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
-    )
-    assert run.events_counted() == want
+    assert run.events_counted() == truth_without_exec(broker, victim)
     assert_results(run, broker.jobs)
     assert run.sample("fluxmon_tracked_jobs") == 0
 
@@ -490,11 +499,7 @@ def test_exec_eventlog_never_created_is_no_error() -> None:
     run = run_source(broker)
     assert run.samples("fluxmon_watch_errors_total") == []
     assert abandoned(run) == {}
-    others = [j for j in broker.jobs if j != victim]
-    want = truth(broker, others) + Counter(
-        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
-    )
-    assert run.events_counted() == want
+    assert run.events_counted() == truth_without_exec(broker, victim)
     assert_results(run, broker.jobs)
     assert not [j for j in never_started if broker.jobs[j].exec_events]
 
@@ -502,20 +507,17 @@ def test_exec_eventlog_never_created_is_no_error() -> None:
 @pytest.mark.exec_read("at-clean")
 def test_exec_eventlog_read_unanswered_is_abandoned_after_the_hold() -> None:
     """At-clean: a read still unanswered HOLD_SECONDS after the clean is given up, counted."""
-    broker = scenario_broker()
-    victim = expected()["b-exit3"]["id"]
-    broker.jobs[victim].exec_read_delay = None
-    run = run_source(broker)
+
+    def hang(job: FakeJob) -> None:
+        job.exec_read_delay = None
+
+    broker, run, victim = exec_fault_run(hang)
     assert abandoned(run) == {"timeout": 1}
     (record,) = run.records("source.exec_abandoned")
     assert (record["id"], record["reason"]) == (victim, "timeout")
     finished = run.finished()
     assert set(finished) == set(broker.jobs)
-    others = [j for j in broker.jobs if j != victim]
-    want = truth(broker, others) + Counter(
-        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
-    )
-    assert run.events_counted() == want
+    assert run.events_counted() == truth_without_exec(broker, victim)
     assert_results(run, broker.jobs)
 
 
@@ -625,10 +627,7 @@ def test_max_watches_caps_exec_watches_and_counts_the_rest() -> None:
 @pytest.mark.parametrize("code", [errno.EPERM, errno.ENOENT], ids=["EPERM", "ENOENT"])
 def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
     """One job's exec watch failing is counted by errno; every job still finishes."""
-    broker = scenario_broker()
-    victim = expected()["b-exit3"]["id"]
-    broker.jobs[victim].watch_errno[EXEC] = code
-    run = run_source(broker)
+    broker, run, victim = exec_fault_run(lambda job: job.watch_errno.update({EXEC: code}))
     name = errno.errorcode[code]
     assert run.samples("fluxmon_watch_errors_total") == [({"errno": name}, 1.0)]
     (warning,) = run.records("source.watch_failed")
@@ -638,11 +637,7 @@ def test_exec_watch_error_is_counted_and_the_daemon_goes_on(code: int) -> None:
     (record,) = run.records("source.exec_abandoned")
     assert (record["id"], record["reason"]) == (victim, "error")
     assert name in record["detail"]
-    others = [j for j in broker.jobs if j != victim]
-    want = truth(broker, others) + Counter(
-        {k: v for k, v in truth(broker, [victim]).items() if k[0] == "main"}
-    )
-    assert run.events_counted() == want
+    assert run.events_counted() == truth_without_exec(broker, victim)
     assert_results(run, broker.jobs)
     assert run.sample("fluxmon_watches", eventlog="exec") == 0
     assert run.sample("fluxmon_tracked_jobs") == 0
@@ -1846,12 +1841,15 @@ def test_counters_across_a_kill_equal_the_eventlogs(
         assert "metrics" in json.loads(file)
 
 
-@pytest.mark.exec_read("live")
-def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) -> None:
+def test_kill_while_a_clean_is_held_still_finishes_the_job_once(
+    tmp_path: Path, exec_read: str
+) -> None:
     """A kill while a job's clean waits for its exec eventlog: the restart logs its finish once."""
 
-    def slow_exec(job: FakeJob) -> FakeJob:
-        return late_exec(job, after_clean=0.5)
+    def slow(job: FakeJob) -> FakeJob:
+        if exec_read == "live":  # the watch ends half a second after the clean
+            return late_exec(job, after_clean=0.5)
+        return dataclasses.replace(job, exec_read_delay=0.5)  # the read at the clean
 
     cleans = sorted(
         clean
@@ -1860,27 +1858,7 @@ def test_kill_while_a_clean_is_held_still_finishes_the_job_once(tmp_path: Path) 
     )
     held = []
     for clean in cleans[:3]:
-        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_exec)
-        assert file is not None
-        held.append(json.loads(file).get("held"))
-    assert all(held), held
-
-
-@pytest.mark.exec_read("at-clean")
-def test_kill_while_an_exec_read_is_awaited_still_finishes_the_job_once(tmp_path: Path) -> None:
-    """At-clean: a kill while a clean waits for its exec read: the restart finishes it once."""
-
-    def slow_read(job: FakeJob) -> FakeJob:
-        return dataclasses.replace(job, exec_read_delay=0.5)
-
-    cleans = sorted(
-        clean
-        for job in scenario_jobs()
-        if job.exec_events and (clean := job.first("clean")) is not None
-    )
-    held = []
-    for clean in cleans[:3]:
-        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow_read)
+        file = kill_and_restart(tmp_path, clean - SCENARIO_START + 0.25, 0.0, slow)
         assert file is not None
         held.append(json.loads(file).get("held"))
     assert all(held), held
