@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -81,34 +82,63 @@ def pairs(events: int) -> tuple[list[tuple[Job, JobEvent]], list[Job]]:
     return keep.pairs, keep.finished
 
 
-def measure_finished(fmt: LogFormat, batch: int, jobs: list[Job], directory: str) -> dict[str, Any]:
-    """Feed every finished job's ``job.finished`` record in batches of ``batch``."""
-    with open(Path(directory) / f"finished-{fmt}-{batch}.log", "w", encoding="utf-8") as stream:
+def _feed(
+    path: Path,
+    fmt: LogFormat,
+    items: list[tuple[Any, ...]],
+    batch: int,
+    record: Callable[[LogSink], Callable[..., None]],
+    gap: float = 0.0,
+) -> tuple[float, float, float]:
+    """Write ``record(sink)(*item)`` for every item, in batches of ``batch``, to ``path``.
+
+    Returns the seconds of the feeding thread's CPU, the process's CPU (the writer thread
+    included, until everything is written) and wall time. With a ``gap`` (seconds), the
+    feeder sleeps that long after each batch, as a live source waits for the broker.
+    """
+    with open(path, "w", encoding="utf-8") as stream:
         writer = LineWriter(stream, capacity=10_000_000)
         options = LogOptions(fmt, "info")
         sink = LogSink(make_logger(writer, options=options), hot=HotRecords(writer, options))
         writer.start()
-        job_finished, hold, release = sink.job_finished, writer.hold, writer.release
-        chunks = [jobs[start : start + batch] for start in range(0, len(jobs), batch)]
+        write, hold, release = record(sink), writer.hold, writer.release
+        chunks = [items[start : start + batch] for start in range(0, len(items), batch)]
         wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
         for chunk in chunks:
             hold()
-            for job in chunk:
-                job_finished(job)
+            for item in chunk:
+                write(*item)
             release()
+            if gap:
+                time.sleep(gap)
         thread = time.thread_time() - thread
         writer.close(600)
         cpu = time.process_time() - cpu
         wall = time.perf_counter() - wall
-    scale = 1e6 / len(jobs)
+    return thread, cpu, wall
+
+
+def _row(
+    kind: str, batch: object, records: int, seconds: tuple[float, float, float]
+) -> dict[str, Any]:
+    """One result row: microseconds per record."""
+    thread, cpu, wall = seconds
+    scale = 1e6 / records
     return {
-        "format": f"{fmt}/fin",
+        "format": kind,
         "batch": batch,
-        "records": len(jobs),
+        "records": records,
         "feed_us": thread * scale,
         "cpu_us": cpu * scale,
         "wall_us": wall * scale,
     }
+
+
+def measure_finished(fmt: LogFormat, batch: int, jobs: list[Job], directory: str) -> dict[str, Any]:
+    """Feed every finished job's ``job.finished`` record in batches of ``batch``."""
+    path = Path(directory) / f"finished-{fmt}-{batch}.log"
+    seconds = _feed(path, fmt, [(job,) for job in jobs], batch, lambda sink: sink.job_finished)
+    return _row(f"{fmt}/fin", batch, len(jobs), seconds)
 
 
 def measure(
@@ -124,35 +154,9 @@ def measure(
     With a ``gap`` (seconds), the feeder sleeps that long after each batch, as a live
     source waits for the broker: the writer thread then sleeps and is woken per batch.
     """
-    with open(Path(directory) / f"{fmt}-{batch}.log", "w", encoding="utf-8") as stream:
-        writer = LineWriter(stream, capacity=10_000_000)
-        options = LogOptions(fmt, "info")
-        log = make_logger(writer, options=options)
-        sink = LogSink(log, hot=HotRecords(writer, options))
-        writer.start()
-        job_event, hold, release = sink.job_event, writer.hold, writer.release
-        chunks = [work[start : start + batch] for start in range(0, len(work), batch)]
-        wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
-        for chunk in chunks:
-            hold()
-            for job, event in chunk:
-                job_event(job, event)
-            release()
-            if gap:
-                time.sleep(gap)
-        thread = time.thread_time() - thread
-        writer.close(600)
-        cpu = time.process_time() - cpu
-        wall = time.perf_counter() - wall
-    scale = 1e6 / len(work)
-    return {
-        "format": fmt,
-        "batch": batch if not gap else f"{batch}+{gap * 1000:g}ms",
-        "records": len(work),
-        "feed_us": thread * scale,
-        "cpu_us": cpu * scale,
-        "wall_us": wall * scale,
-    }
+    path = Path(directory) / f"{fmt}-{batch}.log"
+    seconds = _feed(path, fmt, list(work), batch, lambda sink: sink.job_event, gap)
+    return _row(fmt, batch if not gap else f"{batch}+{gap * 1000:g}ms", len(work), seconds)
 
 
 def pauses(count: int, gap: float) -> dict[str, Any]:
@@ -160,15 +164,12 @@ def pauses(count: int, gap: float) -> dict[str, Any]:
     wall, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
     for _ in range(count):
         time.sleep(gap)
-    scale = 1e6 / count
-    return {
-        "format": "pauses",
-        "batch": "alone",
-        "records": count,
-        "feed_us": (time.thread_time() - thread) * scale,
-        "cpu_us": (time.process_time() - cpu) * scale,
-        "wall_us": (time.perf_counter() - wall) * scale,
-    }
+    seconds = (
+        time.thread_time() - thread,
+        time.process_time() - cpu,
+        time.perf_counter() - wall,
+    )
+    return _row("pauses", "alone", count, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -567,14 +567,9 @@ class HotRecords:
             return
         ts = self.timestamp()
         line = job_event_json(ts, job, event)
-        if line is not None:
-            self._writer.msg(line)
-            return
-        fields = job_event_fields(job, event)
-        fields["level"] = "info"
-        fields["ts"] = ts
-        fields["msg"] = "job.event"
-        self._writer.msg(cast(str, render(None, "info", fields)))  # both renderers: str
+        if line is None:
+            line = _rendered(render, job_event_fields(job, event), ts, "job.event")
+        self._writer.msg(line)
 
     def job_finished(self, job: Job) -> None:
         """Write the ``job.finished`` record of ``job`` (as the chain writes :func:`job_record`)."""
@@ -587,12 +582,18 @@ class HotRecords:
         else:
             line = job_finished_json(ts, job)
         if line is None:
-            fields = job_record(job)
-            fields["level"] = "info"
-            fields["ts"] = ts
-            fields["msg"] = "job.finished"
-            line = cast(str, render(None, "info", fields))  # both renderers: str
+            line = _rendered(render, job_record(job), ts, "job.finished")
         self._writer.msg(line, JOB_FINISHED)
+
+
+def _rendered(
+    render: structlog.typing.Processor, fields: dict[str, object], ts: str, msg: str
+) -> str:
+    """A record the direct renderers leave to ``render``: its fields, then level, ts, msg."""
+    fields["level"] = "info"
+    fields["ts"] = ts
+    fields["msg"] = msg
+    return cast(str, render(None, "info", fields))  # both renderers: str
 
 
 #: The keys of a ``job.finished`` record after ``jobid``, in :func:`job_record`'s order
@@ -603,10 +604,9 @@ _FINISHED_KEYS: Final = (
     *["time_" + state.lower() for state in STATES[:-1]], "held_time", "ntasks", "nnodes",
     "duration_limit", "name", "nodelist", "ncores", "ngpus",
 )  # fmt: skip
-_FINISHED_LOGFMT: Final = tuple(f" {key}=" for key in (*_FINISHED_KEYS, "bank", "project"))
-_FINISHED_JSON: Final = tuple(
-    f", {json.dumps(key)}: " for key in (*_FINISHED_KEYS, "bank", "project")
-)
+_FINISHED_RECORD_KEYS: Final = (*_FINISHED_KEYS, "bank", "project")
+_FINISHED_LOGFMT: Final = tuple(f" {key}=" for key in _FINISHED_RECORD_KEYS)
+_FINISHED_JSON: Final = tuple(f", {json.dumps(key)}: " for key in _FINISHED_RECORD_KEYS)
 
 
 def _finished_values(job: Job) -> list[object]:
@@ -865,37 +865,15 @@ def flatten_context(context: Mapping[str, Any]) -> dict[str, object]:
 
 
 def job_record(job: Job) -> dict[str, object]:
-    """A finished job's record of account (everything ``flux jobs`` would say, and more)."""
-    record: dict[str, object] = {
-        "jobid": job.f58,
-        "id": job.jobid,
-        "userid": job.userid,
-        "queue": job.queue,
-        "result": job.result,
-        "returncode": job.returncode,
-        "waitstatus": job.status,
-        "exception_type": job.exc_type,
-        "exception_severity": job.exc_severity,
-        "exception_note": job.exc_note,
-    }
-    for key in _TIME_KEYS:
-        record[key] = getattr(job, key)
-    record["queue_wait"] = job.queue_wait
-    record["runtime"] = job.runtime
-    for state, seconds in job.time_in.items():
-        record["time_" + state.lower()] = seconds
-    record["held_time"] = job.time_held
-    record["ntasks"] = job.ntasks
-    record["nnodes"] = job.nnodes
-    record["duration_limit"] = job.duration_limit
-    record["name"] = job.name
-    record["nodelist"] = job.nodelist
-    record["ncores"] = job.ncores
-    record["ngpus"] = job.ngpus
-    if job.bank is not None:
-        record["bank"] = job.bank
-    if job.project is not None:
-        record["project"] = job.project
+    """A finished job's record of account (everything ``flux jobs`` would say, and more).
+
+    The keys are ``jobid`` then :data:`_FINISHED_KEYS` (and ``bank``, ``project`` when the
+    job has them), the values :func:`_finished_values`: what the direct renderers write.
+    """
+    record: dict[str, object] = {"jobid": job.f58}
+    for key, value in zip(_FINISHED_RECORD_KEYS, _finished_values(job), strict=False):
+        if value is not _NO_BANK:
+            record[key] = value
     return record
 
 

@@ -1,4 +1,4 @@
-"""The pure helpers of benchmarks/broker_overhead.py and benchmarks/replay_throughput.py."""
+"""Helpers of benchmarks/broker_overhead.py and replay_throughput.py; log_records.py runs."""
 
 from __future__ import annotations
 
@@ -164,3 +164,23 @@ def test_peak_rss_is_the_childs_own_not_the_parents() -> None:
     ).stdout  # fmt: skip
     del ballast
     assert float(out) < 200
+
+
+def test_log_records_benchmark_prints_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each format and batch, of job.event and job.finished, paced, pauses: three cells a row."""
+    assert _load("log_records").main(["--events", "400", "--rounds", "1", "--paced", "20"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    kinds = [tuple(row.split()[:2]) for row in rows]
+    assert kinds == [
+        ("logfmt", "1"),
+        ("logfmt", "64"),
+        ("json", "1"),
+        ("json", "64"),
+        ("logfmt", "1+1ms"),
+        ("pauses", "alone"),
+        ("logfmt/fin", "1"),
+        ("logfmt/fin", "64"),
+        ("json/fin", "1"),
+        ("json/fin", "64"),
+    ]
+    assert all(row.count("[") == 3 for row in rows)

@@ -24,13 +24,19 @@ class Writes(io.StringIO):
         return super().write(text)
 
 
-def test_records_handed_over_while_the_writer_gathers_come_in_one_write() -> None:
-    """After a write, records handed over one by one wait for one write (close ends the wait)."""
+def gathering(capacity: int) -> tuple[Writes, LineWriter]:
+    """A writer gathering for 60 s after each write, its first record ("a") written."""
     stream = Writes()
-    writer = LineWriter(stream, capacity=1000, gather=60.0)
+    writer = LineWriter(stream, capacity=capacity, gather=60.0)
     writer.start()
     writer.msg("a")
     assert stream.first.wait(30)  # woken at once: it was asleep
+    return stream, writer
+
+
+def test_records_handed_over_while_the_writer_gathers_come_in_one_write() -> None:
+    """After a write, records handed over one by one wait for one write (close ends the wait)."""
+    stream, writer = gathering(capacity=1000)
     for name in ("b", "c", "d"):
         writer.hold()
         writer.msg(name)
@@ -43,11 +49,7 @@ def test_records_handed_over_while_the_writer_gathers_come_in_one_write() -> Non
 
 def test_a_filling_buffer_wakes_a_gathering_writer() -> None:
     """A tenth of the buffer used wakes the writer before its gathering time is up."""
-    stream = Writes()
-    writer = LineWriter(stream, capacity=100, gather=60.0)
-    writer.start()
-    writer.msg("a")
-    assert stream.first.wait(30)
+    stream, writer = gathering(capacity=100)
     for n in range(10):
         writer.msg(str(n))
     assert stream.second.wait(30)  # well before the 60 s
@@ -57,11 +59,7 @@ def test_a_filling_buffer_wakes_a_gathering_writer() -> None:
 
 def test_after_written_runs_after_the_gathered_write() -> None:
     """A checkpoint mark handed over while the writer gathers runs once its records are out."""
-    stream = Writes()
-    writer = LineWriter(stream, capacity=1000, gather=60.0)
-    writer.start()
-    writer.msg("a")
-    assert stream.first.wait(30)
+    stream, writer = gathering(capacity=1000)
     ran = threading.Event()
     seen: list[str] = []
 
