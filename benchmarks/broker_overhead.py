@@ -21,7 +21,7 @@ Per workload and arm it prints the median and spread (min-max over rounds) of:
   (``flux_jobs_finished_total``) 1 s after the queue drained, against those submitted.
 
 Usage: python benchmarks/broker_overhead.py [--rounds 5] [--workload peak --workload shells]
-       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--bare] [--json]
+       [--jobs N] [--fluxmon [LABEL=]CMD ...] [--bare] [--burn FRACTION] [--json]
        [--setup default|checkpoint|journal-noexec|exec-live|watch ...]
 
 ``--fluxmon`` (repeatable) names the command that runs fluxmon (default: the ``fluxmon``
@@ -32,7 +32,11 @@ the systemd unit runs it), ``journal-noexec`` (no exec eventlogs),
 ``exec-live`` (``flux.exec_read = "live"``: an exec watch per running job, the default of
 earlier versions) and ``watch`` (forced watch mode, poll_interval 1 s). ``--bare`` adds a
 bare journal consumer (every response read and decoded, nothing more): what any journal
-client costs the broker, the floor fluxmon's figures are to be read against.
+client costs the broker, the floor fluxmon's figures are to be read against. ``--burn F``
+adds a control with no Flux connection at all: a process that keeps F of one core busy
+(spinning F of every 10 ms): what taking that much CPU from a machine the workload
+saturates costs the broker, whoever takes it. Every run also reports how busy the machine
+was (all cores, /proc/stat) over the workload.
 """
 
 from __future__ import annotations
@@ -90,6 +94,18 @@ f.then(taken)
 h.reactor_run()
 """
 BARE: Final = "bare-journal"
+#: Spins the given fraction of every 10 ms and sleeps the rest (``--burn``): CPU taken
+#: from the machine with no Flux connection at all.
+BURNER: Final = """
+import sys, time
+busy, period = float(sys.argv[1]) * 0.01, 0.01
+clock = time.perf_counter
+while True:
+    start = clock()
+    while clock() - start < busy:
+        pass
+    time.sleep(max(0.0, period - (clock() - start)))
+"""
 #: Seconds fluxmon gets, after the queue drained, to log every job's ``job.finished``.
 CATCH_UP_TIMEOUT: Final = 120.0
 SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -161,6 +177,12 @@ def cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def busy_ticks(stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs from /proc/stat's first line (idle, iowait idle)."""
+    fields = [int(field) for field in stat.split("\n", 1)[0].split()[1:9]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
 def spread(values: Iterable[float]) -> tuple[float, float, float]:
     """(median, min, max) of the finite values; NaNs if there are none."""
     finite = [value for value in values if not math.isnan(value)]
@@ -187,7 +209,10 @@ def summarize(runs: Sequence[Mapping[str, Any]], alone: str = "alone") -> dict[s
         rounds = sorted({r["round"] for r in runs if r["workload"] == workload})
         base = [by_key[(workload, n, alone)] for n in rounds if (workload, n, alone) in by_key]
         per_arm: dict[str, Any] = {
-            alone: {"jobs_per_s": spread(r["jobs"] / r["seconds"] for r in base)}
+            alone: {
+                "jobs_per_s": spread(r["jobs"] / r["seconds"] for r in base),
+                "machine_busy": spread(r.get("machine_busy", math.nan) for r in base),
+            }
         }
         for arm in arms:
             figures: dict[str, list[float]] = {}
@@ -205,11 +230,12 @@ def summarize(runs: Sequence[Mapping[str, Any]], alone: str = "alone") -> dict[s
 
 def figures_of(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, float]:
     """One attached run's figures against the same round's run alone."""
-    if "events" not in run:  # the bare journal consumer: the broker's side only
+    if "events" not in run:  # the bare journal consumer or the burner: the broker's side only
         return {
             "jobs_per_s": run["jobs"] / run["seconds"],
             "throughput_ratio": (run["jobs"] / run["seconds"]) / (ref["jobs"] / ref["seconds"]),
             "broker_cpu_ratio": run["broker_ticks"] / max(ref["broker_ticks"], 1),
+            "machine_busy": run.get("machine_busy", math.nan),
         }
     tick = run["clk_tck"]
     events = run["events"]
@@ -227,6 +253,7 @@ def figures_of(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, floa
         "lag_le_1s": (lagged[-1] / total) if lagged and total else math.nan,
         "finished_1s_after_drain": run["finished_1s"] / run["jobs"],
         "all_logged_after_drain_s": run["caught_up_s"],
+        "machine_busy": run.get("machine_busy", math.nan),
     }
 
 
@@ -241,6 +268,7 @@ LABELS: Final = {
     "lag_le_1s": ("share of events lag <= 1 s", "{:.3f}"),
     "finished_1s_after_drain": ("finished counted 1 s after drain", "{:.3f}"),
     "all_logged_after_drain_s": ("all job.finished logged after drain (s)", "{:.2f}"),
+    "machine_busy": ("machine busy (all cores) during workload", "{:.3f}"),
 }
 
 
@@ -312,6 +340,8 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     if spec.get("bare"):
         bare = subprocess.Popen([sys.executable, "-c", BARE_JOURNAL])
         time.sleep(1.0)  # connected, history read
+    elif spec.get("burn"):
+        bare = subprocess.Popen([sys.executable, "-c", BURNER, str(spec["burn"])])
     if spec["fluxmon"]:
         command = [*spec["fluxmon"], "run", "--listen", f"127.0.0.1:{port}"]
         if spec["config"]:
@@ -328,11 +358,14 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
         before = _scrape(port)
     c0 = _ticks(brokers)
     f0 = _ticks([fluxmon.pid]) if fluxmon else 0
+    m0 = busy_ticks(Path("/proc/stat").read_text())
     t0 = time.monotonic()
     _flux(*submit[:1], f"--cc=1-{jobs}", *submit[1:])
     _flux("queue", "drain")
     t1 = time.monotonic()
     result["broker_ticks"] = _ticks(brokers) - c0
+    m1 = busy_ticks(Path("/proc/stat").read_text())
+    result["machine_busy"] = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1)
     result["seconds"] = t1 - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     if bare is not None:
@@ -417,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add a bare journal consumer (the broker's cost floor) as an arm",
     )
+    parser.add_argument(
+        "--burn",
+        type=float,
+        metavar="FRACTION",
+        help="add a control arm: a process keeping FRACTION of one core busy, no Flux at all",
+    )
     parser.add_argument("--json", action="store_true", help="print every run and the summary")
     parser.add_argument("--inside", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -435,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     path = _flux("python", "--get-path").strip()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH")) if p)
-    order = ["alone", *arms, *([BARE] if args.bare else [])]
+    if args.burn is not None and not 0.0 < args.burn <= 1.0:
+        parser.error(f"--burn {args.burn}: a fraction of one core, above 0 and at most 1")
+    burn = f"burn-{args.burn:g}" if args.burn is not None else None
+    order = ["alone", *arms, *([BARE] if args.bare else []), *([burn] if burn else [])]
     runs: list[dict[str, Any]] = []
     log = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory(prefix="fluxmon-overhead-") as tmp:
@@ -451,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                     spec = {
                         "out": str(out), "workload": workload, "jobs": jobs[workload],
                         "port": free_port(), "fluxmon": command, "bare": arm == BARE,
+                        "burn": args.burn if arm == burn else None,
                         "config": str(out / f"{setup}.toml") if SETUPS[setup] else "",
                     }  # fmt: skip
                     shutil.rmtree(out / "state")  # each instance starts with no checkpoint

@@ -16,10 +16,13 @@ modes interleaved, and prints medians with the spread (min-max); ``--build LABEL
 (repeatable) also measures the fluxmon found in DIR (another checkout: its modes run with
 DIR first on ``PYTHONPATH``), interleaved in the same rounds. ``--file FILE`` measures an
 existing file instead of generating one. ``--profile`` also runs (2) under cProfile and
-prints the top 25 functions by total time.
+prints the top 25 functions by total time. ``--stages`` also measures the first stages of
+(2) alone: ``parse`` (lines read, decoded, checked and made events, nothing applied) and
+``track`` (those events applied to a tracker with no sinks: the state machine alone, no
+metric, record or resource).
 
     python benchmarks/replay_throughput.py [--events 1000000] [--keep FILE] [--rounds N]
-        [--build LABEL=DIR] [--file FILE] [--profile]
+        [--build LABEL=DIR] [--file FILE] [--profile] [--stages]
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ if TYPE_CHECKING:
 MAIN: Final = "eventlog"
 EXEC: Final = "guest.exec.eventlog"
 MODES: Final = ("json", "nolog", "logfmt", "nolog-stdlib", "logfmt-stdlib")
+#: The stages of the no-log replay, measured alone with ``--stages``.
+STAGES: Final = ("parse", "track")
 LABELS: Final = {
     "json": "json.loads only",
+    "parse": "  stage: read+decode+check",
+    "track": "  stage: + tracker, no sinks",
     "nolog": "replay, job.event logs off",
     "logfmt": "replay, logfmt job.event logs",
     "nolog-stdlib": "  the same, stdlib json",
@@ -271,6 +278,21 @@ def _run_replay(path: str, log_stream: TextIO, per_event_logs: bool) -> int:
     return parts.pipeline.live_events
 
 
+def _run_stage(path: str, track: bool) -> int:
+    """Read, decode and check every line (and, with ``track``, apply it to a bare tracker)."""
+    from fluxmon.sources.replay import read_entries, read_lines
+    from fluxmon.tracker import Tracker
+
+    apply = Tracker([]).apply
+    count = 0
+    with open(path, "rb") as handle:
+        for _, item in read_entries(read_lines(handle)):
+            if track:
+                apply(item)  # type: ignore[arg-type]  # a refusal is counted by the tracker
+            count += 1
+    return count
+
+
 def _run_json(path: str) -> int:
     count = 0
     loads = json.loads
@@ -302,6 +324,8 @@ def measure(mode: str, path: str) -> dict[str, Any]:
     cpu = time.process_time()
     if mode_run == "json":
         events = _run_json(path)
+    elif mode_run in STAGES:
+        events = _run_stage(path, track=mode_run == "track")
     elif mode_run == "nolog":
         with open(os.devnull, "w", encoding="utf-8") as devnull:
             events = _run_replay(path, devnull, per_event_logs=False)
@@ -424,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the fluxmon checkout in DIR (repeatable)",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile the no-log replay")
+    parser.add_argument(
+        "--stages", action="store_true", help="also measure the no-log replay's first stages"
+    )
     parser.add_argument("--measure", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-only", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--fast-json", action="store_true", help=argparse.SUPPRESS)
@@ -433,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.measure:
         mode, path = args.measure
-        if mode not in MODES:
-            parser.error(f"mode must be one of {', '.join(MODES)}")
+        if mode not in (*MODES, *STAGES):
+            parser.error(f"mode must be one of {', '.join((*MODES, *STAGES))}")
         print(json.dumps(measure(mode, path)))
         return 0
     if args.profile_only:
@@ -459,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.keep).write_bytes(path.read_bytes())
         size = path.stat().st_size
         modes = {label: _modes(directory) for label, directory in builds.items()}
+        if args.stages:
+            modes = {label: [m[0], *STAGES, *m[1:]] for label, m in modes.items()}
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in builds}
         for round_ in range(args.rounds):
             # Alternate the builds' order from round to round.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import os
 import subprocess
@@ -90,6 +91,14 @@ def test_cpu_ticks_reads_utime_and_stime_past_a_comm_with_spaces() -> None:
     assert overhead.cpu_ticks(Path(f"/proc/{os.getpid()}/stat").read_text()) >= 0
 
 
+def test_busy_ticks_leave_idle_and_iowait_out() -> None:
+    """Busy ticks are user+nice+system+irq+softirq+steal; the total counts idle and iowait too."""
+    stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    assert overhead.busy_ticks(stat) == (167, 1187)
+    busy, total = overhead.busy_ticks(Path("/proc/stat").read_text())
+    assert 0 <= busy <= total
+
+
 def test_arm_order_alternates() -> None:
     """Even rounds run the arms as given, odd rounds reversed."""
     assert overhead.arm_order(["alone", "a", "b"], 0) == ["alone", "a", "b"]
@@ -147,6 +156,18 @@ def test_spread_ignores_nan() -> None:
 def test_peak_rss_reads_vmhwm() -> None:
     """The mode's peak RSS is ``VmHWM`` of its own status, in MiB."""
     assert replay.peak_rss_mib("Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t 1 kB\n") == 20.0
+
+
+def test_replay_stages_read_every_line_and_track_without_refusals(tmp_path: Path) -> None:
+    """``--stages``: ``parse`` and ``track`` see every generated line, the full replay applies them."""
+    path = tmp_path / "events.jsonl"
+    lines = replay.generate(path, 3000)
+    assert replay.measure("parse", str(path))["events"] == lines
+    assert replay.measure("track", str(path))["events"] == lines
+    assert replay._run_replay(str(path), io.StringIO(), per_event_logs=False) == lines
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(path.read_bytes() + b"not json\n")
+    assert replay.measure("track", str(broken))["events"] == lines + 1  # the refusal, counted
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
