@@ -15,7 +15,9 @@ Per workload and arm it prints the median and spread (min-max over rounds) of:
 * throughput ratio: jobs/s attached over jobs/s alone in the same round;
 * broker CPU ratio: both brokers' utime+stime (/proc) over the workload, attached / alone;
 * fluxmon CPU per event: fluxmon's CPU from the workload's start until it has logged every
-  job's ``job.finished``, over the events it applied (``fluxmon_events_processed_total``);
+  job's ``job.finished``, over the events it applied (``fluxmon_events_processed_total``),
+  and per job; for the ``--bare`` and ``--burn`` controls, their CPU per job over the
+  workload;
 * lag: p99 of ``fluxmon_event_lag_seconds`` over the workload (interpolated in its bucket,
   as Prometheus' histogram_quantile), and the finished jobs fluxmon had counted
   (``flux_jobs_finished_total``) 1 s after the queue drained, against those submitted.
@@ -235,6 +237,10 @@ def figures_of(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, floa
             "jobs_per_s": run["jobs"] / run["seconds"],
             "throughput_ratio": (run["jobs"] / run["seconds"]) / (ref["jobs"] / ref["seconds"]),
             "broker_cpu_ratio": run["broker_ticks"] / max(ref["broker_ticks"], 1),
+            "cpu_per_job_us": run.get("consumer_ticks", math.nan)
+            / run["clk_tck"]
+            / run["jobs"]
+            * 1e6,
             "machine_busy": run.get("machine_busy", math.nan),
         }
     tick = run["clk_tck"]
@@ -247,6 +253,7 @@ def figures_of(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, floa
         "throughput_ratio": (run["jobs"] / run["seconds"]) / (ref["jobs"] / ref["seconds"]),
         "broker_cpu_ratio": run["broker_ticks"] / max(ref["broker_ticks"], 1),
         "fluxmon_us_per_event": run["fluxmon_ticks"] / tick / events * 1e6 if events else math.nan,
+        "cpu_per_job_us": run["fluxmon_ticks"] / tick / run["jobs"] * 1e6,
         "events_per_job": events / run["jobs"],
         "fluxmon_cpu_vs_brokers": run["fluxmon_ticks"] / max(run["broker_ticks"], 1),
         "lag_p99_s": quantile(0.99, cumulative),
@@ -262,6 +269,7 @@ LABELS: Final = {
     "throughput_ratio": ("throughput attached/alone", "{:.3f}"),
     "broker_cpu_ratio": ("broker CPU attached/alone", "{:.3f}"),
     "fluxmon_us_per_event": ("fluxmon CPU per event (us)", "{:.0f}"),
+    "cpu_per_job_us": ("its CPU per job (us)", "{:.0f}"),
     "events_per_job": ("events per job", "{:.1f}"),
     "fluxmon_cpu_vs_brokers": ("fluxmon CPU / brokers' CPU", "{:.3f}"),
     "lag_p99_s": ("lag p99 (s)", "{:.3f}"),
@@ -358,6 +366,7 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
         before = _scrape(port)
     c0 = _ticks(brokers)
     f0 = _ticks([fluxmon.pid]) if fluxmon else 0
+    b0 = _ticks([bare.pid]) if bare else 0
     m0 = busy_ticks(Path("/proc/stat").read_text())
     t0 = time.monotonic()
     _flux(*submit[:1], f"--cc=1-{jobs}", *submit[1:])
@@ -369,6 +378,7 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     result["seconds"] = t1 - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     if bare is not None:
+        result["consumer_ticks"] = _ticks([bare.pid]) - b0
         bare.kill()
         bare.wait()
     if fluxmon is not None:

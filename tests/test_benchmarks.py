@@ -140,11 +140,28 @@ def test_summarize_compares_each_round_with_its_own_alone_run() -> None:
     assert figures["broker_cpu_ratio"] == pytest.approx((1.15, 1.1, 1.2))
     assert figures["fluxmon_us_per_event"] == pytest.approx((500.0, 500.0, 500.0))
     assert figures["events_per_job"] == (10.0, 10.0, 10.0)
+    assert figures["cpu_per_job_us"] == pytest.approx((5000.0, 5000.0, 5000.0))
     assert figures["lag_p99_s"] == pytest.approx((0.5, 0.5, 0.5))
     assert figures["lag_le_1s"] == (1.0, 1.0, 1.0)
     assert figures["finished_1s_after_drain"] == (0.9, 0.9, 0.9)
     assert "10 jobs" not in overhead.render({"peak": summary}, {"peak": 100})
     assert "throughput attached/alone" in overhead.render({"peak": summary}, {"peak": 100})
+
+
+def test_controls_report_the_brokers_side_their_own_cpu_and_the_machines() -> None:
+    """A bare consumer or burner run: throughput, broker CPU, its CPU per job, machine busy."""
+    runs = [
+        _run("alone", 0, 1.0, 100, machine_busy=0.8),
+        _run("burn-0.2", 0, 1.25, 110, consumer_ticks=20, machine_busy=0.9),
+    ]
+    summary = overhead.summarize(runs)["peak"]
+    assert summary["alone"]["machine_busy"] == (0.8, 0.8, 0.8)
+    figures = summary["burn-0.2"]
+    assert figures["throughput_ratio"] == (0.8, 0.8, 0.8)
+    assert figures["broker_cpu_ratio"] == pytest.approx((1.1, 1.1, 1.1))
+    assert figures["cpu_per_job_us"] == pytest.approx((2000.0, 2000.0, 2000.0))
+    assert figures["machine_busy"] == (0.9, 0.9, 0.9)
+    assert "fluxmon_us_per_event" not in figures
 
 
 def test_spread_ignores_nan() -> None:
