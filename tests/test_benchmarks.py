@@ -176,7 +176,7 @@ def test_peak_rss_reads_vmhwm() -> None:
 
 
 def test_replay_stages_read_every_line_and_track_without_refusals(tmp_path: Path) -> None:
-    """``--stages``: ``parse`` and ``track`` see every generated line, the full replay applies them."""
+    """``--stages``: ``parse`` and ``track`` see every generated line; replay applies them all."""
     path = tmp_path / "events.jsonl"
     lines = replay.generate(path, 3000)
     assert replay.measure("parse", str(path))["events"] == lines

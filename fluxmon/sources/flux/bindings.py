@@ -376,12 +376,13 @@ class FluxBindings:
         return _Alarm(handle.timer_watcher_create(after, lambda *_: callback(), repeat=0.0))
 
     def run(self, handle: Any) -> None:
-        """Run the reactor as ``reactor_run`` does off the main thread; OSError when lost.
+        """Run the reactor (paced, where the C API is at hand); OSError when lost.
 
-        On the main thread (``fluxmon record``) ``reactor_run`` answers SIGINT itself: a
-        signal watcher stops the reactor and raises KeyboardInterrupt, and fluxmon's own
-        handler never runs. Without it, SIGINT and SIGTERM alike run fluxmon's handler,
-        which sets the stop flag the source's timer checks.
+        Not the bindings' ``reactor_run``: on the main thread (``fluxmon record``) that
+        answers SIGINT itself (a signal watcher stops the reactor and raises
+        KeyboardInterrupt), and fluxmon's own handler never runs. Here SIGINT and
+        SIGTERM alike run fluxmon's handler, which sets the stop flag the source's timer
+        checks.
         """
         if self._c is None:
             handle.flux_reactor_run(handle.get_reactor(), 0)
