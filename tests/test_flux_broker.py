@@ -587,6 +587,13 @@ for i in $(seq 100); do curl -sf 127.0.0.1:$port/readyz >/dev/null && break; sle
 flux submit --cc=1-$n true > "$out/ids" || exit 1
 flux submit --cc=1-$((n / 4)) sleep 0 >> "$out/ids" || exit 1
 for id in $(cat "$out/ids"); do flux job wait-event -t 60 $id clean >/dev/null; done
+# In watch mode a job is found by the next poll: no tracked job does not mean every job
+# was seen. Wait for a job.finished record per job (written after its batch's metrics).
+jobs=$(wc -l < "$out/ids")
+for i in $(seq 300); do
+  [ "$(grep -c '"msg": "job.finished"' "$out/fluxmon.log")" -ge "$jobs" ] && break
+  sleep 0.1
+done
 """
     + WAIT_IDLE
     + r"""for id in $(cat "$out/ids"); do
