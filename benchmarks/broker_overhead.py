@@ -344,12 +344,12 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     fluxmon: subprocess.Popen[bytes] | None = None
     log = out / "fluxmon.log"
     port: int = spec["port"]
-    bare: subprocess.Popen[bytes] | None = None
+    control: subprocess.Popen[bytes] | None = None  # the bare consumer or the burner
     if spec.get("bare"):
-        bare = subprocess.Popen([sys.executable, "-c", BARE_JOURNAL])
+        control = subprocess.Popen([sys.executable, "-c", BARE_JOURNAL])
         time.sleep(1.0)  # connected, history read
     elif spec.get("burn"):
-        bare = subprocess.Popen([sys.executable, "-c", BURNER, str(spec["burn"])])
+        control = subprocess.Popen([sys.executable, "-c", BURNER, str(spec["burn"])])
     if spec["fluxmon"]:
         command = [*spec["fluxmon"], "run", "--listen", f"127.0.0.1:{port}"]
         if spec["config"]:
@@ -366,7 +366,7 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
         before = _scrape(port)
     c0 = _ticks(brokers)
     f0 = _ticks([fluxmon.pid]) if fluxmon else 0
-    b0 = _ticks([bare.pid]) if bare else 0
+    b0 = _ticks([control.pid]) if control else 0
     m0 = busy_ticks(Path("/proc/stat").read_text())
     t0 = time.monotonic()
     _flux(*submit[:1], f"--cc=1-{jobs}", *submit[1:])
@@ -377,10 +377,10 @@ def inside(spec: Mapping[str, Any]) -> dict[str, Any]:
     result["machine_busy"] = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1)
     result["seconds"] = t1 - t0
     result["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-    if bare is not None:
-        result["consumer_ticks"] = _ticks([bare.pid]) - b0
-        bare.kill()
-        bare.wait()
+    if control is not None:
+        result["consumer_ticks"] = _ticks([control.pid]) - b0
+        control.kill()
+        control.wait()
     if fluxmon is not None:
         result["fluxmon_ticks_at_drain"] = _ticks([fluxmon.pid]) - f0
 

@@ -280,6 +280,7 @@ def _run_replay(path: str, log_stream: TextIO, per_event_logs: bool) -> int:
 
 def _run_stage(path: str, track: bool) -> int:
     """Read, decode and check every line (and, with ``track``, apply it to a bare tracker)."""
+    from fluxmon.events import JobEvent
     from fluxmon.sources.replay import read_entries, read_lines
     from fluxmon.tracker import Tracker
 
@@ -287,8 +288,8 @@ def _run_stage(path: str, track: bool) -> int:
     count = 0
     with open(path, "rb") as handle:
         for _, item in read_entries(read_lines(handle)):
-            if track:
-                apply(item)  # type: ignore[arg-type]  # a refusal is counted by the tracker
+            if track and isinstance(item, JobEvent):  # a refused line is counted, not applied
+                apply(item)
             count += 1
     return count
 

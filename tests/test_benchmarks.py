@@ -184,7 +184,7 @@ def test_replay_stages_read_every_line_and_track_without_refusals(tmp_path: Path
     assert replay._run_replay(str(path), io.StringIO(), per_event_logs=False) == lines
     broken = tmp_path / "broken.jsonl"
     broken.write_bytes(path.read_bytes() + b"not json\n")
-    assert replay.measure("track", str(broken))["events"] == lines + 1  # the refusal, counted
+    assert replay.measure("track", str(broken))["events"] == lines + 1  # the refused line too
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")

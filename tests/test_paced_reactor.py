@@ -27,7 +27,7 @@ class Script:
     def flux_reactor_run(self, reactor: object, flags: int) -> int:
         assert flags == self.FLUX_REACTOR_NOWAIT
         self.log.append("turn")
-        self.on_turn(len([x for x in self.log if x == "turn"]))
+        self.on_turn(self.log.count("turn"))
         return self.turns.pop(0)
 
     def flux_pollevents(self, raw: object) -> int:
